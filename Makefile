@@ -1,0 +1,33 @@
+# hvdgan: `make demo` and `make test` do all the set-up on a fresh Debian 12 machine (scripts/setup.sh).
+VENV ?= .venv
+NP ?= 2
+PYTEST_ARGS ?=
+# the test suite also needs a local Slurm (tests/test_slurm.py starts one)
+TEST_PACKAGES = slurmctld slurmd munge libpmix2 slurm-wlm-basic-plugins
+
+.PHONY: setup setup-test demo test bench clean-demo
+
+setup:
+	bash scripts/setup.sh
+
+setup-test:
+	HVDGAN_SYSTEM_PACKAGES="$(TEST_PACKAGES)" bash scripts/setup.sh
+
+data/digits/manifest.json: | setup
+	$(VENV)/bin/hvdgan prepare digits data/digits
+
+# Train on the embedded digits (scikit-learn's 1,797 real 8x8 digits, upscaled to 32x32) on $(NP) ranks.
+# Idempotent: a second run resumes the finished run and only re-prints where the results are.
+demo: setup data/digits/manifest.json
+	$(VENV)/bin/horovodrun -np $(NP) -H localhost:$(NP) $(VENV)/bin/hvdgan train --job jobs/digits-demo.yaml --resume auto
+	@echo "samples: runs/digits-demo/samples/latest.png  losses: runs/digits-demo/losses.png"
+
+test: setup-test
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/python benchmarks/bench_data.py
+	$(VENV)/bin/python benchmarks/bench_train.py
+
+clean-demo:
+	rm -rf runs/digits-demo

@@ -1,0 +1,107 @@
+"""Horovod set-up shared by every command: init, the launcher sanity check, world and build facts."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass
+
+from .errors import HvdganError
+
+
+def hvd():
+    """The horovod.torch module, imported lazily so that `hvdgan --help` stays fast."""
+    import horovod.torch as hvd_torch
+
+    return hvd_torch
+
+
+def init() -> None:
+    """Initialise Horovod (idempotent) and refuse a world that the launcher did not mean to make."""
+    h = hvd()
+    if not h.is_initialized():
+        h.init()
+    check_world(h.size())
+
+
+def check_world(size: int, env=os.environ) -> None:
+    """Plain `srun` (no PMIx) starts N separate size-1 worlds: each would train alone. Say so and stop.
+
+    Inside a Slurm job step, SLURM_STEP_NUM_TASKS is the number of tasks srun started. A world smaller
+    than that means the tasks never met. (mpirun inside an allocation may run in a step of a different
+    size; it sets OMPI_COMM_WORLD_SIZE, which then must match Horovod's size instead.)
+    """
+    step_tasks = env.get("SLURM_STEP_NUM_TASKS")
+    if not step_tasks or not step_tasks.isdigit():
+        return
+    expected = int(step_tasks)
+    launcher_size = env.get("OMPI_COMM_WORLD_SIZE") or env.get("HOROVOD_SIZE")
+    if size > 1 and launcher_size and int(launcher_size) == size:
+        return
+    if size != expected:
+        raise HvdganError(
+            f"Slurm started {expected} tasks (SLURM_STEP_NUM_TASKS={expected}) but Horovod sees a world of "
+            f"size {size}: plain srun starts separate size-1 jobs. Launch with `srun --mpi=pmix` "
+            "(check `srun --mpi=list`) or with mpirun/horovodrun inside the allocation."
+        )
+
+
+def rank() -> int:
+    return hvd().rank()
+
+
+def size() -> int:
+    return hvd().size()
+
+
+def is_root() -> bool:
+    return hvd().rank() == 0
+
+
+@dataclass
+class RankInfo:
+    rank: int
+    local_rank: int
+    size: int
+    local_size: int
+    host: str
+    pid: int
+    controller: str
+    gpus: int
+
+
+def controller() -> str:
+    h = hvd()
+    if h.mpi_enabled():
+        return "MPI"
+    if h.gloo_enabled():
+        return "Gloo"
+    return "?"
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def world() -> list[dict]:
+    """Every rank's view of the world, gathered to all ranks (a collective: call it on every rank)."""
+    h = hvd()
+    mine = RankInfo(h.rank(), h.local_rank(), h.size(), h.local_size(), socket.gethostname(), os.getpid(),
+                    controller(), gpu_count())
+    return [asdict(r) for r in h.allgather_object(mine)]
+
+
+def build_info() -> dict:
+    """What this Horovod was built with (frameworks, controllers, tensor operations)."""
+    h = hvd()
+    return {
+        "frameworks": ["PyTorch"],
+        "controllers": [name for name, ok in (("MPI", h.mpi_built()), ("Gloo", h.gloo_built())) if ok],
+        "tensor_operations": [name for name, ok in (("NCCL", h.nccl_built()), ("MPI", h.mpi_built()),
+                                                     ("Gloo", h.gloo_built()), ("DDL", h.ddl_built()),
+                                                     ("CCL", h.ccl_built())) if ok],
+        "cuda": bool(h.cuda_built()),
+        "rocm": bool(h.rocm_built()),
+    }

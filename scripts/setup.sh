@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# hvdgan set-up: system packages, a virtual environment, torch, and Horovod built from its PyPI sdist
+# with patches/horovod-*.patch. Idempotent: a second run checks and returns in seconds.
+# The same script serves the README, CI (.ci/run via `make test`) and the Dockerfile.
+#
+# Environment knobs:
+#   HVDGAN_VENV            virtual environment path (default: .venv in the repository)
+#   HVDGAN_CACHE           wheel cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdgan)
+#   HVDGAN_EXTRAS          extras of hvdgan to install, e.g. "test" (default: test)
+#   HVDGAN_SYSTEM_PACKAGES extra Debian packages to install (e.g. the Slurm ones for the tests)
+#   HOROVOD_GPU_OPERATIONS=NCCL   build Horovod's NCCL support (GPU clusters)
+#   HOROVOD_CUDA_HOME, HOROVOD_BUILD_CUDA_CC_LIST   as in Horovod's docs; CUDA is used when torch
+#                          is a CUDA build (Horovod's torch extension then needs nvcc; /usr/local/cuda by default).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+# shellcheck source=versions.env
+source scripts/versions.env
+
+VENV=${HVDGAN_VENV:-$here/.venv}
+CACHE=${HVDGAN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvdgan}
+EXTRAS=${HVDGAN_EXTRAS-test}
+say() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+t0=$(date +%s)
+
+# 1. System packages (Debian): Open MPI 4.1. Open MPI 5 breaks horovodrun's MPI mode.
+pkgs=(openmpi-bin libopenmpi-dev patch)
+# shellcheck disable=SC2206
+pkgs+=(${HVDGAN_SYSTEM_PACKAGES:-})
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  command -v apt-get >/dev/null || die "apt-get not found; install ${missing[*]} (Open MPI 4.x) by hand"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+mpirun --version 2>/dev/null | grep -q 'Open MPI) 4\.' || die "need Open MPI 4.x on PATH (found: $(mpirun --version 2>&1 | head -1))"
+
+# 2. Virtual environment.
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtual environment $VENV"
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+# pip, quiet, without the warnings this machine's extra package indexes print for every package
+pip_q() { "$PY" -m pip "$1" -q "${@:2}" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
+"$PY" -c 'import sys; assert sys.version_info[:2] >= (3, 10), sys.version' || die "$VENV: Python >= 3.10 required"
+
+# 3. Python packages. A stamp keyed by the files that define them skips pip when nothing changed.
+stamp_key=$(cat scripts/versions.env setup.cfg pyproject.toml | sha256sum | cut -c1-16)-$EXTRAS
+stamp="$VENV/.hvdgan-deps-$stamp_key"
+if [ ! -f "$stamp" ]; then
+  say "installing torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION and hvdgan's dependencies"
+  pip_q install --upgrade pip 'setuptools>=64' wheel
+  pip_q install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" "$CMAKE_SPEC"
+  rm -f "$VENV"/.hvdgan-deps-*
+  touch "$stamp.pending"
+fi
+
+# 4. Horovod, built once per (Horovod, torch, Python, CUDA, NCCL, patch) and cached as a wheel.
+cuda_home=
+torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "")')
+if [ -n "$torch_cuda" ]; then
+  cuda_home=${HOROVOD_CUDA_HOME:-}
+  [ -z "$cuda_home" ] && [ -x /usr/local/cuda/bin/nvcc ] && cuda_home=/usr/local/cuda
+fi
+gpu_ops=${HOROVOD_GPU_OPERATIONS:-}
+pyver=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+patch_hash=$(sha256sum "$HOROVOD_PATCH" | cut -c1-8)
+cc_list=${HOROVOD_BUILD_CUDA_CC_LIST:-80,90}
+key="horovod-$HOROVOD_VERSION-torch-$TORCH_VERSION-$pyver-cuda-${torch_cuda:-none}${torch_cuda:+-cc${cc_list//,/_}}-ops-${gpu_ops:-cpu}-$patch_hash"
+wheel_dir="$CACHE/wheels/$key"
+have_horovod() {
+  "$PY" - "$HOROVOD_VERSION" <<'PY' 2>/dev/null
+import sys, importlib.metadata as md
+assert md.version("horovod") == sys.argv[1]
+import horovod.torch  # loads the compiled extension against the installed torch
+PY
+}
+if ! have_horovod || [ -f "$stamp.pending" ]; then
+  whl=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
+  if [ -z "$whl" ]; then
+    say "building Horovod $HOROVOD_VERSION from its sdist (one time, several minutes); cache: $wheel_dir"
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    pip_q download --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
+    tar -C "$build" -xzf "$build/horovod-$HOROVOD_VERSION.tar.gz"
+    patch -s -d "$build/horovod-$HOROVOD_VERSION" -p1 < "$HOROVOD_PATCH"
+    export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
+    export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
+    if [ -n "$cuda_home" ]; then
+      # CUDA_HOME too: torch.utils.cpp_extension otherwise guesses it from the nvcc on PATH
+      export HOROVOD_CUDA_HOME=$cuda_home CUDA_HOME=$cuda_home HOROVOD_BUILD_CUDA_CC_LIST=$cc_list
+    elif [ -n "$torch_cuda" ]; then
+      # Horovod's torch extension builds CUDA kernels whenever torch is a CUDA build
+      die "torch is a CUDA $torch_cuda build but no CUDA toolkit was found: set HOROVOD_CUDA_HOME, or install a CPU build of torch"
+    fi
+    [ -n "$gpu_ops" ] && export HOROVOD_GPU_OPERATIONS=$gpu_ops
+    export MAKEFLAGS=-j$(nproc) HOROVOD_CMAKE=$(dirname "$PY")/cmake
+    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build/dist" "$build/horovod-$HOROVOD_VERSION" \
+      > "$build/build.log" 2>&1 || { mkdir -p "$CACHE"; cp "$build/build.log" "$CACHE/horovod-build.log"; grep -E "CMake Error|error:" -A5 "$build/build.log" | head -60 >&2; die "Horovod build failed; full log: $CACHE/horovod-build.log"; }
+    mkdir -p "$wheel_dir"
+    whl_name=$(basename "$build"/dist/horovod-*.whl)
+    cp "$build/dist/$whl_name" "$wheel_dir/$whl_name.tmp" && mv "$wheel_dir/$whl_name.tmp" "$wheel_dir/$whl_name"
+    whl="$wheel_dir/$whl_name"
+  else
+    say "using cached Horovod wheel $whl"
+  fi
+  pip_q install --no-deps --force-reinstall "$whl"
+  pip_q install "$whl"  # now its own requirements (cffi, cloudpickle, psutil, pyyaml, packaging)
+fi
+
+# 5. hvdgan itself (editable) with its extras.
+if [ -f "$stamp.pending" ] || ! "$PY" -c 'import hvdgan' 2>/dev/null; then
+  say "installing hvdgan (editable${EXTRAS:+, extras: $EXTRAS})"
+  pip_q install -e ".${EXTRAS:+[$EXTRAS]}"
+  rm -f "$stamp.pending"; touch "$stamp"
+fi
+
+# 6. Verify the build: PyTorch, Gloo and MPI must all be there.
+check=$("$VENV/bin/horovodrun" --check-build 2>&1) || die "horovodrun --check-build failed: $check"
+for want in PyTorch MPI Gloo; do
+  grep -qE "\[X\] $want\b" <<<"$check" || { echo "$check" >&2; die "Horovod was built without $want support"; }
+done
+if [ "$gpu_ops" = NCCL ]; then grep -qE '\[X\] NCCL' <<<"$check" || die "Horovod was built without NCCL"; fi
+say "ready in $(( $(date +%s) - t0 ))s: $VENV (Horovod $HOROVOD_VERSION, torch $TORCH_VERSION; PyTorch, MPI, Gloo OK)"

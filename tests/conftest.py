@@ -1,0 +1,57 @@
+"""Shared test helpers: the venv's console scripts and a multi-process launcher under a time-out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hvdgan.launch import Launch, run
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+HVDGAN = str(BIN / "hvdgan")
+
+# launcher name -> Launch
+LAUNCHERS = {
+    "gloo": Launch(np=2, launcher="horovodrun", controller="gloo"),
+    "mpi": Launch(np=2, launcher="horovodrun", controller="mpi"),
+    "mpirun": Launch(np=2, launcher="mpirun"),
+}
+
+
+def test_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def launch(launcher: str, argv: list[str], np: int = 2, timeout: float = 180, env=None, cwd=None,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Run argv on `np` ranks with the named launcher (gloo, mpi, mpirun); a hang fails the test."""
+    spec = LAUNCHERS[launcher]
+    cmd = Launch(np=np, launcher=spec.launcher, controller=spec.controller).command(argv)
+    env = env or test_env()
+    try:
+        proc = run(cmd, timeout=timeout, capture_output=True, text=True, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s\nstdout:\n{exc.output}\nstderr:\n{exc.stderr}")
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-5000:]}\n"
+                    f"stderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def hvdgan(*args, timeout: float = 300, check: bool = True, env=None, cwd=None) -> subprocess.CompletedProcess:
+    """Run the hvdgan console script in one process."""
+    proc = run([HVDGAN, *map(str, args)], timeout=timeout, capture_output=True, text=True,
+               env=env or test_env(), cwd=cwd)
+    if check and proc.returncode != 0:
+        pytest.fail(f"hvdgan {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                    f"{proc.stderr[-3000:]}")
+    return proc

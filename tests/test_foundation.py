@@ -1,0 +1,88 @@
+"""Issue 2: the install is real (Horovod with PyTorch, MPI and Gloo), and collectives span both ranks
+under every launcher we support."""
+
+import configparser
+import json
+import re
+import sys
+
+import pytest
+
+from conftest import HVDGAN, ROOT, launch, hvdgan
+from hvdgan.distributed import check_world
+from hvdgan.errors import HvdganError
+
+LAUNCHER_NAMES = ["gloo", "mpi", "mpirun"]
+
+
+def versions_env() -> dict:
+    values = {}
+    for line in (ROOT / "scripts" / "versions.env").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip('"')
+    return values
+
+
+def test_pins_come_from_one_place():
+    v = versions_env()
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    requires = cfg["options"]["install_requires"]
+    assert f"torch=={v['TORCH_VERSION']}" in requires
+    assert f"torchvision=={v['TORCHVISION_VERSION']}" in requires
+    import horovod
+    import torch
+
+    assert torch.__version__.split("+")[0] == v["TORCH_VERSION"]
+    assert horovod.__version__ == v["HOROVOD_VERSION"]
+    assert (ROOT / v["HOROVOD_PATCH"]).is_file()
+
+
+def test_horovod_build_has_pytorch_mpi_gloo():
+    import horovod.torch as hvd
+
+    assert hvd.mpi_built() and hvd.gloo_built()
+    from conftest import BIN
+    from hvdgan.launch import run
+
+    out = run([str(BIN / "horovodrun"), "--check-build"], timeout=60, capture_output=True, text=True).stdout
+    for name in ("PyTorch", "MPI", "Gloo"):
+        assert re.search(rf"\[X\] {name}\b", out), out
+
+
+def test_info_single_process_json():
+    report = json.loads(hvdgan("info", "--json").stdout)
+    assert report["versions"]["horovod"] == versions_env()["HOROVOD_VERSION"]
+    assert [r["rank"] for r in report["world"]] == [0]
+    assert "PyTorch" in report["horovod_build"]["frameworks"]
+
+
+@pytest.mark.mp
+@pytest.mark.parametrize("launcher", LAUNCHER_NAMES)
+def test_allreduce_spans_both_ranks(launcher):
+    out = launch(launcher, [sys.executable, str(ROOT / "tests" / "allreduce_ranks.py")], timeout=120).stdout
+    assert "rank 0 of 2: sum of ranks 1" in out and "rank 1 of 2: sum of ranks 1" in out, out
+
+
+@pytest.mark.mp
+@pytest.mark.parametrize("launcher", LAUNCHER_NAMES)
+def test_info_prints_two_rank_table(launcher):
+    out = launch(launcher, [HVDGAN, "info"], timeout=120).stdout
+    assert out.count("hvdgan info") == 1, out  # printed once, by rank 0
+    assert "world: 2 rank(s)" in out, out
+    lines = [re.sub(r"^\[[\d,]+\]<stdout>:", "", line) for line in out.splitlines()]  # launcher prefixes
+    rows = [line.split() for line in lines if re.match(r"^[01]\s+[01]\s+2\s+2\s", line)]
+    assert sorted(r[0] for r in rows) == ["0", "1"], out
+    expected = "MPI" if launcher in ("mpi", "mpirun") else "Gloo"
+    assert all(r[6] == expected for r in rows), out
+
+
+def test_world_guard_refuses_separate_size1_worlds():
+    with pytest.raises(HvdganError, match=r"srun --mpi=pmix"):
+        check_world(1, {"SLURM_STEP_NUM_TASKS": "2"})
+    check_world(2, {"SLURM_STEP_NUM_TASKS": "2"})  # srun --mpi=pmix: fine
+    check_world(1, {})  # not under Slurm: fine
+    check_world(1, {"SLURM_NTASKS": "2"})  # batch step (e.g. `hvdgan prepare` in sbatch): fine
+    # mpirun inside an allocation may run in a step of another size: its own size counts
+    check_world(8, {"SLURM_STEP_NUM_TASKS": "2", "OMPI_COMM_WORLD_SIZE": "8"})
