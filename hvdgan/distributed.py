@@ -90,7 +90,7 @@ def world() -> list[dict]:
     h = hvd()
     mine = RankInfo(h.rank(), h.local_rank(), h.size(), h.local_size(), socket.gethostname(), os.getpid(),
                     controller(), gpu_count())
-    return [asdict(r) for r in h.allgather_object(mine)]
+    return [asdict(r) for r in h.allgather_object(mine, name="hvdgan.world")]
 
 
 def build_info() -> dict:

@@ -89,6 +89,8 @@ class Launch:
 def run(cmd: list[str], timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
     """Run a launcher in its own process group; on time-out kill the whole group (a hung collective
     must not outlive its caller) and raise subprocess.TimeoutExpired."""
+    if kwargs.pop("capture_output", False):
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
     proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
     try:
         out, err = proc.communicate(timeout=timeout)

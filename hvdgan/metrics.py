@@ -1,0 +1,126 @@
+"""What a user looks at: metrics.jsonl, TensorBoard events, sample grids, the loss plot, and a simple
+quality measure (the Frechet distance of 8x8-downsampled images)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# ------------------------------------------------------------------------ Frechet distance (8x8)
+def features8(images: torch.Tensor) -> np.ndarray:
+    """Images in [-1, 1], [N, C, H, W] -> grey 8x8 thumbnails as [N, 64] float64 vectors."""
+    x = images.detach().float().cpu()
+    if x.shape[1] > 1:
+        x = x.mean(1, keepdim=True)
+    x = F.adaptive_avg_pool2d(x, 8)
+    return x.flatten(1).double().numpy()
+
+
+def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(stats_a, stats_b) -> float:
+    """Frechet distance between two Gaussians (the FID formula, on whatever features were given)."""
+    import scipy.linalg
+
+    (mu1, s1), (mu2, s2) = stats_a, stats_b
+    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():  # near-singular product: nudge the diagonals
+        eps = np.eye(s1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+# --------------------------------------------------------------------------------------- the run log
+class RunLog:
+    """Rank 0's writer of metrics.jsonl (one JSON object per logged step) and TensorBoard scalars."""
+
+    def __init__(self, out: Path, tensorboard: bool = True, resume_step: int = 0):
+        self.out = Path(out)
+        self.path = self.out / "metrics.jsonl"
+        if resume_step and self.path.exists():
+            self._truncate_after(resume_step)
+        elif self.path.exists():
+            self.path.unlink()
+        self.file = open(self.path, "a", buffering=1)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            except ImportError:  # tensorboard not installed: metrics.jsonl is the record
+                self.tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        """On resume, drop records the crashed run wrote after its last checkpoint (they will be redone)."""
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_image(tag, grid, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> torch.Tensor:
+    """Save images in [-1, 1] as one PNG grid (torchvision's save_image); returns the grid tensor."""
+    from torchvision.utils import make_grid, save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = images.detach().float().cpu()
+    save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    return make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+
+
+def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
+    """Loss and D-output curves of a run, from its metrics.jsonl."""
+    records = [r for r in read_metrics(metrics_path) if "loss_d" in r]
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.plot(steps, [r["loss_d"] for r in records], label="D loss")
+    ax1.plot(steps, [r["loss_g"] for r in records], label="G loss")
+    ax1.set_xlabel("step"), ax1.set_title("losses (mean over ranks)"), ax1.legend()
+    ax2.plot(steps, [r["d_real"] for r in records], label="D(x)")
+    ax2.plot(steps, [r["d_fake"] for r in records], label="D(G(z))")
+    ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.set_title("discriminator outputs"), ax2.legend()
+    fds = [(r["step"], r["fd8"]) for r in read_metrics(metrics_path) if "fd8" in r]
+    if fds:
+        ax3 = ax1.twinx()
+        ax3.plot(*zip(*fds), "k.--", label="FD (8x8)")
+        ax3.set_ylabel("Frechet distance, 8x8"), ax3.legend(loc="upper center")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
