@@ -1,0 +1,397 @@
+"""Where `hvdgan prepare` reads images from: the CIFAR-10 python archive (or its extracted folder), a folder
+of images (class sub-folders become labels), .npy/.npz arrays, and the embedded `digits` demo set
+(scikit-learn's bundled 8x8 handwritten digits, 1,797 real images).
+
+Every source is a small picklable description (paths and options, no open files, no data) with
+    count, channels, height, width   after resizing / channel conversion
+    label_names                      list of names, or None when the source has no labels
+    read(idx) -> (uint8 [n, C, H, W], int64 [n] or None)   for ascending source indices
+so that `prepare`'s worker processes and ranks each read (decode, resize) their own shards. Loaded
+arrays are cached per process.
+
+Resizing: images that are not square are centre-cropped to a square, then resized with PIL's bicubic
+filter (antialiased when shrinking). RGB -> grey uses ITU-R 601 luma (as PIL's convert("L")); grey ->
+RGB repeats the channel. The default size is the source's own when it is 32 or 64 (square), else 32.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HvdganError
+
+SIZES = (32, 64)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+# -------------------------------------------------------------------------------------- transforms
+def to_nchw(images: np.ndarray, what: str) -> np.ndarray:
+    """uint8 [N, H, W], [N, H, W, C] or [N, C, H, W] (C 1 or 3) -> [N, C, H, W]. Channels-last is assumed
+    when the last axis has 1 or 3 entries and the second has not."""
+    if images.dtype != np.uint8:
+        raise HvdganError(f"{what}: images have dtype {images.dtype}, expected uint8 (0..255); convert them first, "
+                          "e.g. (x * 255).round().clip(0, 255).astype('uint8')")
+    if images.ndim == 3:
+        return images[:, None]
+    if images.ndim == 4:
+        if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            return images.transpose(0, 3, 1, 2)
+        if images.shape[1] in (1, 3):
+            return images
+        if images.shape[-1] in (1, 3):
+            return images.transpose(0, 3, 1, 2)
+    raise HvdganError(f"{what}: images have shape {images.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W] "
+                      "with C = 1 or 3")
+
+
+def default_size(height: int, width: int) -> int:
+    return height if height == width and height in SIZES else 32
+
+
+def _grey(rgb: np.ndarray) -> np.ndarray:
+    """[N, 3, H, W] -> [N, 1, H, W] with PIL's integer ITU-R 601 luma."""
+    r, g, b = (rgb[:, i].astype(np.uint32) for i in range(3))
+    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
+
+
+def fit(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 [N, C, H, W] -> uint8 [N, channels, size, size] (centre crop to square, bicubic resize)."""
+    if images.shape[1] != channels:
+        images = _grey(images) if channels == 1 else np.repeat(images, 3, axis=1)
+    n, c, h, w = images.shape
+    if (h, w) == (size, size):
+        return np.ascontiguousarray(images)
+    from PIL import Image
+
+    out = np.empty((n, c, size, size), dtype=np.uint8)
+    for j in range(n):
+        hwc = images[j].transpose(1, 2, 0)
+        im = Image.fromarray(hwc[:, :, 0] if c == 1 else np.ascontiguousarray(hwc), "L" if c == 1 else "RGB")
+        arr = np.asarray(_square(im).resize((size, size), Image.BICUBIC))
+        out[j] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+    return out
+
+
+def _square(im):
+    w, h = im.size
+    if w == h:
+        return im
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s))
+
+
+class _Source:
+    portable = True  # picklable without its data: workers and ranks read it themselves
+    label_names: list[str] | None = None
+
+    def __init__(self, spec: str, size: int | None, channels: int | None, native: tuple[int, int, int]):
+        nc, nh, nw = native
+        self.spec = spec
+        self.native = native
+        self.channels = channels or nc
+        self.height = self.width = size or default_size(nh, nw)
+        self.size = self.height
+
+    def describe(self) -> str:
+        return self.spec
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def read(self, idx: np.ndarray):
+        images, labels = self._arrays()
+        idx = np.asarray(idx, dtype=np.int64)
+        return fit(images[idx], self.size, self.channels), (labels[idx] if labels is not None else None)
+
+
+# ------------------------------------------------------------------------------------------ digits
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)[:, None]  # [1797, 1, 8, 8]
+    return images, d.target.astype(np.int64)
+
+
+class DigitsSource(_Source):
+    """scikit-learn's bundled handwritten digits (UCI optdigits test set): 1,797 8x8 images, 0..16 grey levels
+    scaled to 0..255, upscaled (bicubic) to --size. Labels 0-9."""
+
+    def __init__(self, size=None, channels=None):
+        super().__init__("digits", size, channels, (1, 8, 8))
+        self.count = 1797
+        self.label_names = [str(d) for d in range(10)]
+
+    def describe(self) -> str:
+        return "digits (scikit-learn load_digits)"
+
+    def _arrays(self):
+        return _digits()
+
+
+# ------------------------------------------------------------------------------------------ CIFAR-10
+class _SafeUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles: allow numpy arrays and nothing else (no code from the archive runs)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"), ("copy_reg", "_reconstructor"),
+               ("copyreg", "_reconstructor"), ("__builtin__", "object"), ("builtins", "object")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _unpickle(data: bytes, what: str) -> dict:
+    try:
+        doc = _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as exc:
+        raise HvdganError(f"{what}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict):
+        raise HvdganError(f"{what}: not a CIFAR-10 python batch (a {type(doc).__name__}, expected a dict)")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in doc.items()}
+
+
+def _is_cifar_dir(p: Path) -> Path | None:
+    for d in (p, p / CIFAR_DIR):
+        if (d / "data_batch_1").is_file() or (d / "batches.meta").is_file():
+            return d
+    return None
+
+
+def _cifar_members(path: Path) -> dict[str, bytes]:
+    names = CIFAR_TRAIN + ("batches.meta",)
+    found: dict[str, bytes] = {}
+    if path.is_dir():
+        d = _is_cifar_dir(path)
+        for n in names:
+            f = d / n
+            if f.is_file():
+                found[n] = f.read_bytes()
+        where = str(d)
+    else:
+        try:
+            with tarfile.open(path) as tar:
+                for member in tar:
+                    base = os.path.basename(member.name)
+                    if member.isfile() and base in names and base not in found:
+                        found[base] = tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise HvdganError(f"{path}: not a readable tar archive ({exc}); download cifar-10-python.tar.gz again") from None
+        where = str(path)
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise HvdganError(f"{where}: not the CIFAR-10 python version: missing {', '.join(missing)} "
+                          "(expected data_batch_1..5 and batches.meta from cifar-10-python.tar.gz)")
+    return found
+
+
+@functools.lru_cache(maxsize=2)
+def _cifar(path: str, _stamp) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    members = _cifar_members(Path(path))
+    images, labels = [], []
+    for n in CIFAR_TRAIN:
+        what = f"{path}:{n}"
+        doc = _unpickle(members[n], what)
+        data, lab = doc.get("data"), doc.get("labels")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+            raise HvdganError(f"{what}: 'data' must be uint8 [n, 3072] (RGB planes of 32x32), got {got}")
+        if lab is None or len(lab) != len(data):
+            raise HvdganError(f"{what}: 'labels' must list one label per image ({len(data)})")
+        images.append(data.reshape(-1, 3, 32, 32))  # row-major R, G, B planes: already NCHW
+        labels.append(np.asarray(lab, dtype=np.int64))
+    meta = _unpickle(members["batches.meta"], f"{path}:batches.meta")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", [])]
+    lab = np.concatenate(labels)
+    if not names or lab.min() < 0 or lab.max() >= len(names):
+        raise HvdganError(f"{path}:batches.meta: label_names ({len(names)}) do not cover the labels 0..{lab.max()}")
+    return np.concatenate(images), lab, names
+
+
+def _stamp(path: Path):
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+class CifarSource(_Source):
+    """CIFAR-10, python version: the 50,000 training images (data_batch_1..5) with their 10 labels."""
+
+    def __init__(self, path: Path, size=None, channels=None):
+        super().__init__(str(path), size, channels, (3, 32, 32))
+        self.path = path
+        images, labels, names = self._load()
+        self.count = len(images)
+        self.label_names = names
+
+    def describe(self) -> str:
+        return f"CIFAR-10 {self.path} (training batches)"
+
+    def _load(self):
+        return _cifar(str(self.path), _stamp(self.path))
+
+    def _arrays(self):
+        images, labels, _ = self._load()
+        return images, labels
+
+
+# -------------------------------------------------------------------------------------- .npy / .npz
+NPZ_IMAGES = ("images", "x", "data", "X", "arr_0")
+NPZ_LABELS = ("labels", "y", "targets", "Y", "arr_1")
+
+
+@functools.lru_cache(maxsize=2)
+def _npy(path: str, _stamp):
+    p = Path(path)
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                keys = list(z.keys())
+                ik = next((k for k in NPZ_IMAGES if k in keys), None)
+                if ik is None:
+                    raise HvdganError(f"{p}: no images array (looked for {', '.join(NPZ_IMAGES)}; it has "
+                                      f"{', '.join(keys) or 'nothing'})")
+                images = z[ik]
+                lk = next((k for k in NPZ_LABELS if k in keys and k != ik), None)
+                labels = z[lk] if lk else None
+                names = [str(n) for n in z["label_names"]] if "label_names" in keys else None
+        else:
+            images, labels, names = np.load(p, mmap_mode="r", allow_pickle=False), None, None
+    except HvdganError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise HvdganError(f"{p}: not a readable {p.suffix} file ({exc})") from None
+    images = to_nchw(images, str(p))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+            raise HvdganError(f"{p}: labels have shape {labels.shape} and dtype {labels.dtype}; expected "
+                              f"({len(images)},) integers >= 0")
+        labels = labels.astype(np.int64)
+        top = int(labels.max()) if labels.size else -1
+        if names is None:
+            names = [str(c) for c in range(top + 1)]
+        elif len(names) <= top:
+            raise HvdganError(f"{p}: {len(names)} label_names but labels go up to {top}")
+    elif names is not None:
+        raise HvdganError(f"{p}: label_names without labels")
+    return images, labels, names
+
+
+class ArrayFileSource(_Source):
+    """A .npy (images only, memory-mapped) or .npz (images, optional labels and label_names) file."""
+
+    def __init__(self, path: Path, size=None, channels=None):
+        images, labels, names = _npy(str(path), _stamp(path))
+        if len(images) < 1:
+            raise HvdganError(f"{path}: holds no images")
+        super().__init__(str(path), size, channels, images.shape[1:])
+        self.path = path
+        self.count = len(images)
+        self.label_names = names
+
+    def _arrays(self):
+        images, labels, _ = _npy(str(self.path), _stamp(self.path))
+        return images, labels
+
+
+# ------------------------------------------------------------------------------------- image folder
+def _list_images(root: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
+    def images_in(d: Path) -> list[Path]:
+        return sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()
+                      and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS]
+    if classes and not loose:
+        files, labels = [], []
+        for c, name in enumerate(classes):
+            found = images_in(root / name)
+            files += found
+            labels += [c] * len(found)
+        return files, np.asarray(labels, dtype=np.int64), classes
+    return images_in(root), None, None
+
+
+class ImageFolderSource(_Source):
+    """A folder of images. With class sub-folders (root/cat/1.png, root/dog/2.jpg) the sorted sub-folder
+    names become the labels, as in torchvision's ImageFolder; with images directly in root, no labels."""
+
+    def __init__(self, path: Path, size=None, channels=None):
+        files, labels, names = _list_images(path)
+        if not files:
+            raise HvdganError(f"{path}: no images found (looked for {', '.join(IMAGE_EXTS)}, in class sub-folders "
+                              "or directly in the folder)")
+        from PIL import Image
+
+        try:
+            with Image.open(files[0]) as im:
+                w, h = im.size
+                c = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+        except OSError as exc:
+            raise HvdganError(f"{files[0]}: cannot read the image ({exc})") from None
+        super().__init__(str(path), size, channels, (c, h, w))
+        self.root = str(path)
+        self.files = [str(p.relative_to(path)) for p in files]
+        self.labels = labels
+        self.count = len(files)
+        if names is not None:
+            unused = [n for i, n in enumerate(names) if not (labels == i).any()]
+            if unused:
+                raise HvdganError(f"{path}: class folder(s) without images: {', '.join(unused[:5])}")
+        self.label_names = names
+
+    def read(self, idx):
+        from PIL import Image
+
+        idx = np.asarray(idx, dtype=np.int64)
+        c, s = self.channels, self.size
+        out = np.empty((len(idx), c, s, s), dtype=np.uint8)
+        for j, i in enumerate(idx):
+            path = os.path.join(self.root, self.files[i])
+            try:
+                with Image.open(path) as im:
+                    im = _square(im.convert("L" if c == 1 else "RGB"))
+                    if im.size != (s, s):
+                        im = im.resize((s, s), Image.BICUBIC)
+                    arr = np.asarray(im)
+            except OSError as exc:
+                raise HvdganError(f"{path}: cannot read the image ({exc}); remove or replace it") from None
+            out[j] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
+        return out, (self.labels[idx] if self.labels is not None else None)
+
+
+# ----------------------------------------------------------------------------------------- dispatch
+def open_source(spec: str, size: int | None = None, channels: int | None = None):
+    """SOURCE of `hvdgan prepare`: `digits`, a CIFAR-10 python archive or its folder, an image folder, or a
+    .npy/.npz file."""
+    if spec == "digits":
+        return DigitsSource(size, channels)
+    p = Path(spec)
+    if not p.exists():
+        raise HvdganError(f"{spec}: no such file or folder; SOURCE is `digits`, cifar-10-python.tar.gz (or its "
+                          "extracted folder), a folder of images, or a .npy/.npz file")
+    if p.is_dir():
+        if _is_cifar_dir(p):
+            return CifarSource(p, size, channels)
+        return ImageFolderSource(p, size, channels)
+    name = p.name.lower()
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return CifarSource(p, size, channels)
+    if p.suffix.lower() in (".npy", ".npz"):
+        return ArrayFileSource(p, size, channels)
+    raise HvdganError(f"{spec}: unknown kind of source; SOURCE is `digits`, cifar-10-python.tar.gz (or its extracted "
+                      "folder), a folder of images, or a .npy/.npz file")
