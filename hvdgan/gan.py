@@ -58,18 +58,6 @@ def lr_scale(kind: str, world_size: int) -> float:
     return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[kind]
 
 
-def convert_sync_batchnorm(module: nn.Module, sync_bn_cls) -> nn.Module:
-    """Replace every BatchNorm2d with Horovod's SyncBatchNorm (statistics over all ranks), keeping state."""
-    if isinstance(module, nn.BatchNorm2d):
-        new = sync_bn_cls(module.num_features, module.eps, module.momentum, module.affine,
-                          module.track_running_stats)
-        new.load_state_dict(module.state_dict())
-        return new.to(next(iter(module.state_dict().values())).device)
-    for name, child in module.named_children():
-        module.add_module(name, convert_sync_batchnorm(child, sync_bn_cls))
-    return module
-
-
 def first_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -87,15 +75,19 @@ class GAN:
 
     def __init__(self, G: nn.Module, D: nn.Module, cfg: TrainConfig, hvd, world_size: int = 1, ema: bool = True):
         self.G, self.D, self.cfg, self.hvd = G, D, cfg, hvd
-        if cfg.sync_bn:
-            convert_sync_batchnorm(G, hvd.SyncBatchNorm)
-            convert_sync_batchnorm(D, hvd.SyncBatchNorm)
+        if cfg.sync_bn:  # hvd: BatchNorm statistics over all ranks
+            from . import syncbn
+
+            counter = [0]
+            syncbn.convert(G, counter)
+            syncbn.convert(D, counter)
         scale = lr_scale(cfg.lr_scaling, world_size)
         betas = (cfg.beta1, cfg.beta2)
+        self.lr_g, self.lr_d = cfg.lr_g * scale, cfg.lr_d * scale
         fused_g = all(p.is_cuda for p in G.parameters())
         fused_d = all(p.is_cuda for p in D.parameters())
-        opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g * scale, betas=betas, fused=fused_g or None)
-        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d * scale, betas=betas, fused=fused_d or None)
+        opt_g = torch.optim.Adam(G.parameters(), lr=self.lr_g, betas=betas, fused=fused_g or None)
+        opt_d = torch.optim.Adam(D.parameters(), lr=self.lr_d, betas=betas, fused=fused_d or None)
         compression = hvd.Compression.fp16 if cfg.fp16_allreduce else hvd.Compression.none
         # hvd: both optimizers all-reduce their gradients; distinct name prefixes keep G's and D's apart
         self.opt_g = hvd.DistributedOptimizer(opt_g, named_parameters=[("G." + n, p) for n, p in G.named_parameters()],
@@ -201,8 +193,10 @@ class GAN:
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
+        for opt, key, lr in ((self.opt_g, "opt_g", self.lr_g), (self.opt_d, "opt_d", self.lr_d)):
+            opt.load_state_dict(state[key])
+            for group in opt.param_groups:  # the configuration, not the checkpoint, sets the learning rate
+                group["lr"] = lr
         if self.ema is not None:
             if state.get("G_ema") is not None:
                 self.ema.load_state_dict(state["G_ema"])

@@ -35,15 +35,16 @@ def train(data, out, *opts):
         values[key] = json.loads(value)
     trainer = Trainer(TrainConfig(**values).validate())
     trainer.run()
-    mine = flat(trainer.gan.G, trainer.gan.D)
+    # parameters (BatchNorm's running statistics are buffers: each rank's own, unless --sync-bn)
+    mine = torch.cat([p.detach().double().flatten() for m in (trainer.gan.G, trainer.gan.D) for p in m.parameters()])
     every = hvd.allgather(mine.unsqueeze(0))
     same = all(torch.equal(every[0], every[r]) for r in range(hvd.size()))
     print(f"rank {hvd.rank()}: parameters {'IDENTICAL' if same else 'DIFFERENT'} on {hvd.size()} ranks", flush=True)
 
 
-def syncbn(out, per_rank):
+def syncbn(out, per_rank, sync="1"):
     per_rank = int(per_rank)
-    cfg = TrainConfig(data="-", ngf=8, ndf=8, nz=16, sync_bn=True, ema=0.0).validate()
+    cfg = TrainConfig(data="-", ngf=8, ndf=8, nz=16, sync_bn=sync == "1", ema=0.0).validate()
     torch.manual_seed(0)
     G, D = Generator(cfg.nz, cfg.ngf, 1, 32), Discriminator(cfg.ndf, 1, 32)
     gan = GAN(G, D, cfg, hvd, hvd.size())

@@ -1,0 +1,220 @@
+"""The `hvdgan` command line. Thin: parse options, call the module that does the work, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import HvdganError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HVDGAN"})
+@click.version_option(__version__, prog_name="hvdgan")
+def main():
+    """Train GANs on clusters with Horovod (MPI or Gloo) and sharded HDF5 data.
+
+    \b
+    Launch as:  horovodrun -np 4 hvdgan train --job jobs/digits-demo.yaml
+                mpirun -np 4 hvdgan train ...      sbatch slurm/train.sh JOB
+    """
+
+
+# --------------------------------------------------------------------------------------------- info
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
+def info(as_json):
+    """Versions, Horovod's build, GPUs, and the world as each rank sees it."""
+    from . import info as info_mod
+
+    info_mod.run(as_json=as_json)
+
+
+# -------------------------------------------------------------------------- prepare / data (issue 3)
+# (data commands go here)
+@main.command()
+@click.argument("source")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--shards", type=int, default=None, help="Number of shards (default 16, or fewer for tiny sources).")
+@click.option("--per-shard", type=int, default=None, help="Images per shard (instead of --shards).")
+@click.option("--size", type=int, default=None,
+              help="Output size, 32 or 64 (default: the source's own when it is 32 or 64, else 32).")
+@click.option("--channels", type=click.Choice(["1", "3"]), default=None,
+              help="1 (grey) or 3 (RGB); default: the source's (digits: 1).")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a dataset that already exists in OUT.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes writing shards (without a launcher; under mpirun/horovodrun every rank writes its own).")
+@click.option("--verify", is_flag=True, help="Re-read everything after writing (as `hvdgan data check`).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle before sharding.")
+@click.option("--no-shuffle", is_flag=True, help="Keep the source's order (shard 0 holds the first images).")
+def prepare(source, out, shards, per_shard, size, channels, compression, overwrite, workers, verify, seed, no_shuffle):
+    """Write SOURCE as a sharded HDF5 dataset in OUT.
+
+    \b
+    SOURCE: digits (the demo: 1,797 handwritten digits, no download), cifar-10-python.tar.gz or its
+    extracted folder, a folder of images (class sub-folders become labels), or a .npy/.npz file.
+    Example: hvdgan prepare digits data/digits
+    """
+    from . import data
+
+    summary = data.prepare(source, out, shards=shards, per_shard=per_shard, size=size,
+                           channels=int(channels) if channels else None, compression=compression,
+                           overwrite=overwrite, workers=workers, verify=verify,
+                           shuffle_seed=None if no_shuffle else seed)
+    if summary:
+        click.echo(summary)
+
+
+@main.group("data")
+def data_group():
+    """Inspect sharded datasets."""
+
+
+@data_group.command("check")
+@click.argument("directory", metavar="DIR")
+@click.option("--quiet", "-q", is_flag=True, help="Print problems only.")
+def data_check(directory, quiet):
+    """Re-read DIR's manifest and every shard (sizes, sha256, structure, data); report every mismatch."""
+    from . import data
+
+    problems, m = data.check_dataset(directory, progress=not quiet)
+    for p in problems:
+        click.echo(f"error: {p}", err=True)
+    if problems:
+        raise HvdganError(f"{directory}: {len(problems)} problem(s) found; re-create the dataset with "
+                          f"`hvdgan prepare SOURCE {directory} --overwrite`")
+    if not quiet:
+        click.echo(f"{directory}: OK: {m.count:,} images {m.height}x{m.width}x{m.channels} in {len(m.shards)} shards "
+                   f"({m.total_bytes:,} bytes, compression {m.compression}); sha256 and structure match {data.MANIFEST}")
+
+
+
+# ------------------------------------------------------------------------------- train (issue 4)
+def _config_options(func):
+    """One option per TrainConfig field (hvdgan/config.py holds names, defaults and help)."""
+    from .config import FIELDS, HELP, CHOICES
+
+    for name in reversed(list(FIELDS)):
+        f, flag = FIELDS[name], "--" + name.replace("_", "-")
+        kind = str(f.type)
+        if kind.startswith("bool"):
+            opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", default=None, help=HELP[name])
+        else:
+            typ = (click.Choice(CHOICES[name]) if name in CHOICES else int if kind.startswith("int")
+                   else float if kind.startswith("float") else str)
+            opt = click.option(flag, type=typ, default=None, help=HELP[name],
+                               show_default=repr(f.default) if f.default not in (None, "") else False)
+        func = opt(func)
+    return func
+
+
+def _load_job(ctx, param, value):
+    if value:
+        from .config import load_job_file
+
+        ctx.default_map = {**(ctx.default_map or {}), **load_job_file(value)}
+        ctx.meta["hvdgan.job"] = value
+    return value
+
+
+def _resolve_config(ctx, values: dict):
+    """Merge options over the job file over the defaults; errors name where the bad value came from."""
+    from click.core import ParameterSource
+    from .config import TrainConfig
+
+    given = {k: v for k, v in values.items() if v is not None}
+    job = ctx.meta.get("hvdgan.job")
+
+    def where(key):
+        source = ctx.get_parameter_source(key)
+        if source == ParameterSource.DEFAULT_MAP:
+            return f"{job}: {key}"
+        if source == ParameterSource.ENVIRONMENT:
+            return f"HVDGAN_{ctx.info_name.upper()}_{key.upper()}"
+        return "--" + key.replace("_", "-")
+
+    return TrainConfig(**given).validate(where)
+
+
+@main.command()
+@click.option("--job", "-j", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+              callback=_load_job, help="YAML job file (jobs/*.yaml); options given here override it.")
+@_config_options
+@click.pass_context
+def train(ctx, **values):
+    """Train a DCGAN on a sharded HDF5 dataset, data-parallel over Horovod.
+
+    \b
+      hvdgan train --data data/digits --max-steps 200            # one process
+      horovodrun -np 2 hvdgan train --job jobs/digits-demo.yaml   # two ranks
+    """
+    from .train import train as run_training
+
+    result = run_training(_resolve_config(ctx, values))
+    if result.get("status") == "preempted":
+        click.echo(f"preempted at step {result.get('step')}: resume with --resume auto", err=True)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(), default="samples.png", show_default=True,
+              help="PNG grid to write, or a directory for --single images.")
+@click.option("-n", "--num", type=click.IntRange(1, 100_000), default=64, show_default=True, help="Images to generate.")
+@click.option("--single", is_flag=True, help="Write N single PNG files into --out instead of one grid.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
+@click.option("--no-ema", is_flag=True, help="Use G's raw weights instead of their moving average.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def sample(checkpoint, out, num, single, seed, no_ema, overwrite):
+    """Generate images from a checkpoint: one grid, or N single images."""
+    from .sample import sample_checkpoint
+
+    written = sample_checkpoint(checkpoint, out, num=num, single=single, seed=seed, ema=not no_ema,
+                                overwrite=overwrite)
+    click.echo(f"wrote {written}")
+
+
+# ------------------------------------------------------------------------------ launch (issue 6)
+# (launch command goes here)
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--np", "-np", "np_", type=int, required=True, help="Number of ranks (processes) to start.")
+@click.option("--hosts", "-H", metavar="H1:N,H2:N", help="Hosts and slots (default: this host).")
+@click.option("--hostfile", type=click.Path(exists=True, dir_okay=False), help="Open MPI / Horovod hostfile.")
+@click.option("--launcher", type=click.Choice(["horovodrun", "mpirun", "srun"]), default="horovodrun",
+              show_default=True, help="srun runs with --mpi=pmix (inside or outside an allocation).")
+@click.option("--gloo/--mpi", "gloo", default=None, help="horovodrun's controller (default: horovodrun's choice).")
+@click.option("--dry-run", is_flag=True, help="Print the command and exit.")
+@click.argument("job", metavar="JOB")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAIN OPTIONS...]")
+def launch(np_, hosts, hostfile, launcher, gloo, dry_run, job, extra):
+    """Start `hvdgan train --job JOB` on N ranks with horovodrun, mpirun or srun.
+
+    \b
+    Prints the composed command line, then runs it (its exit status is this command's).
+    Options after `--` go to `hvdgan train`, e.g.
+        hvdgan launch --np 4 --launcher mpirun jobs/cifar10-dcgan64.yaml -- --max-steps 1000
+    """
+    from . import launch as launch_mod
+    from .config import load_job_file
+
+    if np_ < 1:
+        raise click.BadParameter(f"must be >= 1, got {np_}", param_hint="'--np'")
+    load_job_file(job)  # a missing job file, an unknown key or a bad value stops here, naming the file
+    controller = None if gloo is None else ("gloo" if gloo else "mpi")
+    extra = list(extra)
+    if extra[:1] == ["--"]:  # options stop at JOB, so click hands the separator on
+        extra = extra[1:]
+    try:
+        cmd = launch_mod.compose(np_, job, extra, launcher=launcher, controller=controller,
+                                 hosts=hosts, hostfile=hostfile)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(launch_mod.quote(cmd))
+    if dry_run:
+        return
+    try:
+        launch_mod.exec_command(cmd)
+    except OSError as exc:
+        raise HvdganError(f"cannot start {cmd[0]}: {exc.strerror or exc}") from None
