@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .config import TrainConfig
 
@@ -52,6 +52,25 @@ def frozen(model: nn.Module):
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def ema_with_warmup(decay: float):
+    """AveragedModel's multi_avg_fn for an EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)):
+    early on the average follows G closely instead of dragging its random initial weights along for
+    ~1/(1 - decay) steps (as TensorFlow's ExponentialMovingAverage with num_updates)."""
+
+    @torch.no_grad()
+    def update(ema_params, model_params, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        floats = [(e, m) for e, m in zip(ema_params, model_params) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1 - d)
+        for e, m in zip(ema_params, model_params):
+            if not e.is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+                e.copy_(m)
+
+    return update
 
 
 def lr_scale(kind: str, world_size: int) -> float:
@@ -95,7 +114,7 @@ class GAN:
         self.opt_d = hvd.DistributedOptimizer(opt_d, named_parameters=[("D." + n, p) for n, p in D.named_parameters()],
                                               compression=compression)
         self.broadcast()
-        self.ema = (AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        self.ema = (AveragedModel(G, multi_avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
                     if cfg.ema > 0 and ema else None)
         self.noise_device = first_device(G)
         self.real_device = first_device(D)
