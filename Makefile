@@ -3,7 +3,7 @@ VENV ?= .venv
 NP ?= 2
 PYTEST_ARGS ?=
 # the test suite also needs a local Slurm (tests/test_slurm.py starts one)
-TEST_PACKAGES = slurmctld slurmd munge libpmix2 slurm-wlm-basic-plugins
+TEST_PACKAGES = slurmctld slurmd slurm-client munge libpmix2
 
 .PHONY: setup setup-test demo test bench clean-demo
 

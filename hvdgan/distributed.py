@@ -20,8 +20,22 @@ def init() -> None:
     """Initialise Horovod (idempotent) and refuse a world that the launcher did not mean to make."""
     h = hvd()
     if not h.is_initialized():
+        check_launch()
         h.init()
     check_world(h.size())
+
+
+# Set on every rank by the launchers that join ranks into one world: PMIx / PMI (srun --mpi=pmix|pmi2),
+# Open MPI (mpirun, horovodrun --mpi) and horovodrun --gloo.
+LAUNCHER_VARS = ("PMIX_RANK", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE", "HOROVOD_RANK")
+
+
+def check_launch(env=os.environ) -> None:
+    """Before hvd.init(): a multi-task Slurm step with none of the launchers' variables is plain srun.
+    Open MPI would abort in MPI_Init with its own message (or each task would make a size-1 world)."""
+    step_tasks = env.get("SLURM_STEP_NUM_TASKS", "")
+    if step_tasks.isdigit() and int(step_tasks) > 1 and not any(k in env for k in LAUNCHER_VARS):
+        check_world(1, env)
 
 
 def check_world(size: int, env=os.environ) -> None:
@@ -85,12 +99,14 @@ def gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def world() -> list[dict]:
-    """Every rank's view of the world, gathered to all ranks (a collective: call it on every rank)."""
+def world(extra: dict | None = None) -> list[dict]:
+    """Every rank's view of the world, gathered to all ranks (a collective: call it on every rank).
+    `extra`: more of this rank's facts (picklable values) to add to its entry."""
     h = hvd()
-    mine = RankInfo(h.rank(), h.local_rank(), h.size(), h.local_size(), socket.gethostname(), os.getpid(),
-                    controller(), gpu_count())
-    return [asdict(r) for r in h.allgather_object(mine, name="hvdgan.world")]
+    mine = asdict(RankInfo(h.rank(), h.local_rank(), h.size(), h.local_size(), socket.gethostname(), os.getpid(),
+                           controller(), gpu_count()))
+    mine.update(extra or {})
+    return h.allgather_object(mine, name="hvdgan.world")
 
 
 def build_info() -> dict:

@@ -86,3 +86,12 @@ def test_world_guard_refuses_separate_size1_worlds():
     check_world(1, {"SLURM_NTASKS": "2"})  # batch step (e.g. `hvdgan prepare` in sbatch): fine
     # mpirun inside an allocation may run in a step of another size: its own size counts
     check_world(8, {"SLURM_STEP_NUM_TASKS": "2", "OMPI_COMM_WORLD_SIZE": "8"})
+
+
+def test_launch_guard_runs_before_horovod_init():
+    from hvdgan.distributed import check_launch
+
+    with pytest.raises(HvdganError, match=r"srun --mpi=pmix"):
+        check_launch({"SLURM_STEP_NUM_TASKS": "2"})  # plain srun: no launcher variables
+    check_launch({"SLURM_STEP_NUM_TASKS": "2", "PMIX_RANK": "0"})  # srun --mpi=pmix
+    check_launch({"SLURM_STEP_NUM_TASKS": "1"})

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Train one hvdgan job file on a Slurm allocation, with preemption handled by checkpoint + requeue.
+#
+#   mkdir -p logs && sbatch slurm/train.sh [JOB.yaml] [hvdgan train options...]
+#   sbatch --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 slurm/train.sh jobs/cifar10-dcgan64.yaml
+#
+# Submit from the repository root (logs/ must exist: Slurm opens --output before this script runs).
+# Ranks are started with `srun --mpi=pmix`, or with mpirun when this Slurm has no PMIx plugin
+# (HVDGAN_LAUNCHER=srun|mpirun forces one). Each start runs `hvdgan train --resume auto`, so a requeued
+# job continues from its newest checkpoint.
+#
+# Preemption: 120 s before the time limit Slurm sends USR1 to this script (--signal=B:USR1@120; a site or
+# `scancel --signal=USR1 --batch JOBID` can send it any time). The script forwards it to the ranks, which
+# agree on a step, write a checkpoint and exit 0; then it requeues the job (--requeue), and the log goes on
+# in the same file (--open-mode=append). SIGTERM (scancel, Slurm preemption) is forwarded as well.
+#
+#SBATCH --job-name=hvdgan
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=1
+##SBATCH --gpus-per-task=1
+#SBATCH --time=02:00:00
+#SBATCH --output=logs/%x-%j.out
+#SBATCH --signal=B:USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+# GPU clusters: remove one '#' from --gpus-per-task above (one GPU per rank), and raise --cpus-per-task
+# to the cores per GPU (data loading and the intra-op threads use them).
+
+set -euo pipefail
+
+JOB=${1:-jobs/digits-demo.yaml}
+[ $# -gt 0 ] && shift
+say() { printf '[train.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# --- site hook: load what your cluster needs (left empty: nothing site-specific by default) ----------
+# module purge
+# module load cuda/13.0 openmpi/4.1 python/3.11
+
+export HDF5_USE_FILE_LOCKING=FALSE      # HDF5 locks fail or hang on many parallel file systems
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+export PYTHONUNBUFFERED=1
+
+# --- hvdgan: from PATH, else from a virtual environment ---------------------------------------------
+if ! command -v hvdgan >/dev/null 2>&1; then
+  venv=${HVDGAN_VENV:-${SLURM_SUBMIT_DIR:-$PWD}/.venv}
+  [ -x "$venv/bin/hvdgan" ] || { say "error: hvdgan is not on PATH and not in $venv (set HVDGAN_VENV)"; exit 2; }
+  # shellcheck disable=SC1091
+  source "$venv/bin/activate"
+fi
+[ -f "$JOB" ] || { say "error: job file $JOB not found (relative to $PWD)"; exit 2; }
+
+# --- launcher: srun with PMIx, else mpirun (Open MPI reads the allocation from Slurm) ----------------
+launcher=${HVDGAN_LAUNCHER:-}
+if [ -z "$launcher" ]; then
+  if srun --mpi=list 2>&1 | grep -qw pmix; then launcher=srun; else launcher=mpirun; fi
+fi
+case $launcher in
+  srun) cmd=(srun --mpi=pmix --kill-on-bad-exit=1) ;;
+  mpirun)
+    cmd=(mpirun --bind-to none --map-by slot)
+    [ "$(id -u)" = 0 ] && cmd+=(--allow-run-as-root)
+    for name in $(compgen -e | grep -E '^(HOROVOD_|NCCL_|HVDGAN_|HDF5_|OMP_|PYTHON|CUDA_|LD_LIBRARY_PATH$|PATH$)' || true); do
+      cmd+=(-x "$name")
+    done ;;
+  *) say "error: HVDGAN_LAUNCHER=$launcher: use srun or mpirun"; exit 2 ;;
+esac
+cmd+=(hvdgan train --job "$JOB" --resume auto "$@")
+
+say "job ${SLURM_JOB_ID:-?} start ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NODELIST:-?}"
+say "$(printf '%q ' "${cmd[@]}")"
+
+# --- run in the background so that this shell can take signals while the ranks train ----------------
+preempted=0 trapped=0
+step=
+forward() {  # $1: signal
+  [ -n "$step" ] && kill -"$1" "$step" 2>/dev/null || true
+}
+on_usr1() { trapped=1; preempted=1; say "USR1: asking the ranks to checkpoint and stop"; forward USR1; }
+on_term() { trapped=1; say "TERM: forwarding to the ranks"; forward TERM; }
+trap on_usr1 USR1
+trap on_term TERM
+
+"${cmd[@]}" &
+step=$!
+# `wait` returns early (status > 128) when a trapped signal arrives: then wait again for the real status.
+while :; do
+  trapped=0 rc=0
+  wait "$step" || rc=$?
+  [ "$trapped" = 1 ] && [ "$rc" -gt 128 ] && continue
+  break
+done
+say "ranks exited with status $rc"
+
+if [ "$preempted" = 1 ]; then
+  if [ "$rc" != 0 ]; then
+    say "preempted, but the ranks failed (status $rc): not requeueing"
+    exit "$rc"
+  fi
+  say "requeueing job $SLURM_JOB_ID (it resumes from the newest checkpoint)"
+  scontrol requeue "$SLURM_JOB_ID"
+  # Slurm ends this script as it requeues the job; should it not, leave cleanly after a while.
+  sleep "${HVDGAN_REQUEUE_WAIT:-60}" || true
+  exit 0
+fi
+exit "$rc"

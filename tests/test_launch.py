@@ -1,0 +1,206 @@
+"""`hvdgan launch`: the command line composed for each launcher, its errors, and that it runs the command
+and passes its exit status on. Single-process and fast: nothing here starts ranks."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hvdgan import launch as L
+from hvdgan.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = "jobs/digits-demo.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def dry(*args, env=None):
+    result = CliRunner().invoke(main, ["launch", "--dry-run", *args], env=env or {})
+    return result, (shlex.split(result.output.strip().splitlines()[-1]) if result.exit_code == 0 else None)
+
+
+def test_horovodrun_line():
+    result, cmd = dry("--np", "2", DEMO, "--", "--max-steps", "10")
+    assert result.exit_code == 0, result.output
+    assert Path(cmd[0]).name == "horovodrun"
+    assert cmd[1:5] == ["-np", "2", "-H", "localhost:2"]
+    assert Path(cmd[5]).name == "hvdgan"
+    assert cmd[6:] == ["train", "--job", DEMO, "--max-steps", "10"]
+
+
+def test_horovodrun_controller_and_hosts():
+    _, cmd = dry("--np", "4", "--gloo", "-H", "a:2,b:2", DEMO)
+    assert cmd[1:6] == ["-np", "4", "--gloo", "-H", "a:2,b:2"]
+    _, cmd = dry("--np", "2", "--mpi", DEMO)
+    assert "--mpi" in cmd and "--gloo" not in cmd
+
+
+def test_hvdgan_is_the_running_environments():
+    """Every rank must run the install that launched it (the venv's console script when there is one)."""
+    _, cmd = dry("--np", "2", DEMO)
+    exe = cmd[cmd.index("train") - 1]
+    venv_exe = Path(sys.executable).with_name("hvdgan")
+    if venv_exe.exists():
+        assert exe == str(venv_exe)
+    assert L.train_argv("j.yaml", ["--x"])[1:] == ["train", "--job", "j.yaml", "--x"]
+
+
+def test_mpirun_line(monkeypatch):
+    env = {"HOROVOD_FUSION_THRESHOLD": "0", "NCCL_DEBUG": "INFO", "HVDGAN_TRAIN_SEED": "3", "UNRELATED": "x"}
+    result, cmd = dry("--np", "2", "--launcher", "mpirun", DEMO, env=env)
+    assert result.exit_code == 0, result.output
+    assert Path(cmd[0]).name == "mpirun"
+    line = " ".join(cmd)
+    assert "--bind-to none" in line and "--map-by slot" in line and "-np 2" in line
+    exported = {cmd[i + 1] for i, a in enumerate(cmd) if a == "-x"}
+    assert {"HOROVOD_FUSION_THRESHOLD", "NCCL_DEBUG", "HVDGAN_TRAIN_SEED", "PATH"} <= exported
+    assert "UNRELATED" not in exported
+    assert ("--allow-run-as-root" in cmd) == (os.geteuid() == 0)
+    assert cmd[cmd.index("train"):] == ["train", "--job", DEMO]
+
+
+def test_mpirun_allow_run_as_root_only_as_root(monkeypatch):
+    monkeypatch.setattr(L.os, "geteuid", lambda: 1000)
+    assert "--allow-run-as-root" not in L.compose(2, DEMO, launcher="mpirun", env={})
+    monkeypatch.setattr(L.os, "geteuid", lambda: 0)
+    assert "--allow-run-as-root" in L.compose(2, DEMO, launcher="mpirun", env={})
+
+
+def test_mpirun_hosts_and_hostfile(tmp_path):
+    cmd = L.compose(4, DEMO, launcher="mpirun", hosts="a:2,b:2", env={})
+    assert cmd[cmd.index("-H") + 1] == "a:2,b:2" and "--oversubscribe" not in cmd
+    hf = tmp_path / "hosts"
+    hf.write_text("a slots=2\nb slots=2\n")
+    cmd = L.compose(4, DEMO, launcher="mpirun", hostfile=str(hf), env={})
+    assert cmd[cmd.index("--hostfile") + 1] == str(hf)
+
+
+def test_srun_line(tmp_path):
+    result, cmd = dry("--np", "2", "--launcher", "srun", DEMO, "--", "--resume", "auto")
+    assert result.exit_code == 0, result.output
+    assert cmd[:3] == ["srun", "--mpi=pmix", "--ntasks=2"]
+    assert cmd[cmd.index("train"):] == ["train", "--job", DEMO, "--resume", "auto"]
+    assert "--nodelist=a,b" in L.compose(4, DEMO, launcher="srun", hosts="a:2,b:2")
+    hf = tmp_path / "hosts"
+    hf.write_text("# nodes\na slots=2\nb:2\n")
+    assert "--nodelist=a,b" in L.compose(4, DEMO, launcher="srun", hostfile=str(hf))
+
+
+@pytest.mark.parametrize("np_", ["0", "-1"])
+def test_bad_np(np_):
+    result = CliRunner().invoke(main, ["launch", "--dry-run", "--np", np_, DEMO])
+    assert result.exit_code == 2
+    assert "--np" in result.output and np_ in result.output
+
+
+def test_np_required():
+    result = CliRunner().invoke(main, ["launch", "--dry-run", DEMO])
+    assert result.exit_code == 2 and "--np" in result.output
+
+
+def test_missing_job_file_is_named():
+    result = CliRunner().invoke(main, ["launch", "--dry-run", "--np", "2", "jobs/no-such-job.yaml"])
+    assert result.exit_code != 0
+    assert "jobs/no-such-job.yaml" in result.output and "not found" in result.output
+
+
+def test_bad_job_file_is_named(tmp_path):
+    job = tmp_path / "bad.yaml"
+    job.write_text("data: data/digits\nbatch_sise: 64\n")
+    result = CliRunner().invoke(main, ["launch", "--dry-run", "--np", "2", str(job)])
+    assert result.exit_code != 0
+    assert str(job) in result.output and "batch_sise" in result.output
+
+
+def test_gloo_needs_horovodrun():
+    result = CliRunner().invoke(main, ["launch", "--dry-run", "--np", "2", "--launcher", "mpirun", "--gloo", DEMO])
+    assert result.exit_code == 2 and "--gloo" in result.output
+
+
+def test_unknown_launcher():
+    result = CliRunner().invoke(main, ["launch", "--dry-run", "--np", "2", "--launcher", "qsub", DEMO])
+    assert result.exit_code == 2 and "qsub" in result.output
+
+
+def _fake_launcher(tmp_path, code):
+    """A stand-in `srun` on PATH that records its arguments and exits with `code`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "srun"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/args"\nexit {code}\n')
+    fake.chmod(0o755)
+    return dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_runs_the_command_and_passes_its_exit_status(tmp_path, code):
+    env = _fake_launcher(tmp_path, code)
+    proc = subprocess.run([sys.executable, "-c", "from hvdgan.cli import main; main()", "launch", "--np", "2",
+                           "--launcher", "srun", DEMO, "--", "--max-steps", "5"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == code, proc.stderr
+    printed = shlex.split(proc.stdout.strip().splitlines()[-1])
+    args = (tmp_path / "args").read_text().split("\n")[:-1]
+    assert printed[1:] == args  # what was printed is what ran
+    assert args[:2] == ["--mpi=pmix", "--ntasks=2"] and args[-5:] == ["train", "--job", DEMO, "--max-steps", "5"]
+
+
+def test_launcher_not_found(tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))  # no srun anywhere
+    proc = subprocess.run([sys.executable, "-c", "from hvdgan.cli import main; main()", "launch", "--np", "2",
+                           "--launcher", "srun", DEMO], env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode != 0
+    assert "cannot start srun" in proc.stderr
+
+
+def test_launch_help_lists_the_launchers():
+    result = CliRunner().invoke(main, ["launch", "--help"])
+    assert result.exit_code == 0
+    for word in ("horovodrun", "mpirun", "srun", "--dry-run", "--hostfile", "--gloo"):
+        assert word in result.output
+
+
+# ------------------------------------------------------------------------------------------- job files
+JOBS = sorted((REPO / "jobs").glob("*.yaml"))
+
+
+def test_the_shipped_job_files_are_there():
+    assert {p.name for p in JOBS} >= {"digits-demo.yaml", "cifar10-dcgan64.yaml", "cifar10-dcgan32.yaml"}
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_job_file_loads_and_validates(path):
+    from hvdgan.config import from_values, load_job_file
+
+    values = load_job_file(path)
+    cfg = from_values(values, source=str(path))
+    assert cfg.data and cfg.out.startswith("runs/")
+    # an override on top of the file (what a command-line option does) still validates
+    assert from_values({**values, "max_steps": 5}, source=str(path)).max_steps == 5
+
+
+def test_cifar10_dcgan64_is_the_seed_setting():
+    from hvdgan.config import from_values, load_job_file
+
+    cfg = from_values(load_job_file(REPO / "jobs/cifar10-dcgan64.yaml"))
+    assert (cfg.image_size, cfg.batch_size, cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.loss, cfg.epochs) == \
+        (64, 64, 2e-4, 2e-4, 0.5, 0.999, "bce", 25)
+    assert cfg.data == "data/cifar10-64"
+
+
+def test_digits_demo_is_small():
+    from hvdgan.config import from_values, load_job_file
+
+    cfg = from_values(load_job_file(REPO / DEMO))
+    assert (cfg.data, cfg.image_size) == ("data/digits", 32)
+    assert cfg.max_steps and cfg.max_steps <= 1000 and cfg.checkpoint_every < cfg.max_steps
