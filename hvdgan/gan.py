@@ -225,10 +225,11 @@ class GAN:
     def sample_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.G
 
-    def pop_stats(self) -> tuple[torch.Tensor, int, dict]:
-        """The summed stats since the last call, how many steps they cover, and the timers (all reset)."""
+    def pop_stats(self, reset: bool = True) -> tuple[torch.Tensor, int, dict]:
+        """The summed stats since the last reset, how many steps they cover, and the timers."""
         stats, n, timers = self.stats.clone(), self.stat_steps, dict(self.timers)
-        self.stats.zero_()
-        self.stat_steps = 0
-        self.timers = {k: 0.0 for k in self.timers}
+        if reset:
+            self.stats.zero_()
+            self.stat_steps = 0
+            self.timers = {k: 0.0 for k in self.timers}
         return stats, n, timers

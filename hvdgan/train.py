@@ -216,9 +216,12 @@ class Trainer:
                 due_log = self.step % cfg.log_every == 0 or last
                 due_ckpt = self.step % cfg.checkpoint_every == 0 or last
                 if due_log or due_ckpt:
-                    elapsed = time.perf_counter() - t_window
-                    status = self.sync(t_data, elapsed, steps_in_window, preempt.signum, log_it=due_log, bar=bar)
-                    t_data, t_window, steps_in_window = 0.0, time.perf_counter(), 0
+                    # a window's time covers everything since the last one: its sync, samples, checkpoints
+                    now = time.perf_counter()
+                    status = self.sync(t_data, now - t_window, steps_in_window, preempt.signum, log_it=due_log,
+                                       bar=bar)
+                    if due_log:  # (a checkpoint-only sync leaves the log window running)
+                        t_data, t_window, steps_in_window = 0.0, now, 0
                     if status["preempted"]:
                         path = self.save_checkpoint()
                         if self.root:
@@ -249,11 +252,11 @@ class Trainer:
     def sync(self, t_data: float, elapsed: float, steps: int, signum: int, log_it: bool, bar=None) -> dict:
         """One small allgather: losses and timings for the log, plus the preemption flag and the first
         non-finite step of every rank, so that all ranks stop (or go on) together."""
-        stats, n, timers = self.gan.pop_stats()
+        stats, n, timers = self.gan.pop_stats(reset=log_it)
         local = torch.cat([stats.double().cpu(), torch.tensor(
             [n, t_data, timers["compute"], timers["allreduce_wait"], float(signum), self.gan.pop_bad_step()],
             dtype=torch.float64)])
-        every = self.hvd.allgather(local.unsqueeze(0))  # hvd: [ranks, values]
+        every = self.hvd.allgather(local.unsqueeze(0), name="hvdgan.sync")  # hvd: [ranks, values]
         k = len(self.gan.STATS)
         bad = [int(b) for b in every[:, k + 5].tolist() if b > 0]
         if bad:

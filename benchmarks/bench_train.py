@@ -1,0 +1,195 @@
+"""Training-step benchmark, side by side in one run (ratios, not absolute times, are the result).
+
+    1. hvdgan's training loop at np=1 against a plain PyTorch loop of the same model and batch
+       (the pytorch/examples dcgan loop, data already in memory): target ratio >= 0.97
+    2. weak scaling, np=2 against np=1, one thread per rank: target efficiency >= 0.90,
+       for hvdgan and for a plain Horovod loop (the same plain loop with Horovod's lines added)
+
+Every configuration runs in its own process(es), in rounds that alternate the configurations, and
+each reports the median time of its timed windows (after a warm-up window). The result is the
+median over rounds.
+
+    .venv/bin/python benchmarks/bench_train.py            # about 6 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_train.py --quick    # about 2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# ----------------------------------------------------------------------------------------- workers
+def plain_worker(args) -> dict:
+    """The pytorch/examples dcgan loop (optionally with Horovod's lines): same G, D, batch and data."""
+    import torch
+    from torch import nn
+
+    from hvdgan.data import read_all
+    from hvdgan.models import Discriminator, Generator
+
+    hvd = None
+    if args.horovod:
+        import horovod.torch as hvd
+
+        hvd.init()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    images = torch.from_numpy(read_all(args.data)[0])
+    channels, size = images.shape[1], images.shape[2]
+    netG, netD = Generator(args.nz, args.ngf, channels, size), Discriminator(args.ndf, channels, size)
+    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    if hvd is not None:
+        hvd.broadcast_parameters(netG.state_dict(), root_rank=0)
+        hvd.broadcast_parameters(netD.state_dict(), root_rank=0)
+        optD = hvd.DistributedOptimizer(optD, named_parameters=[("D." + n, p) for n, p in netD.named_parameters()])
+        optG = hvd.DistributedOptimizer(optG, named_parameters=[("G." + n, p) for n, p in netG.named_parameters()])
+    criterion = nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(1 + (hvd.rank() if hvd else 0))
+    windows = []
+    for w in range(args.windows):
+        t0 = time.perf_counter()
+        for _ in range(args.window):
+            idx = torch.randint(0, len(images), (args.batch,), generator=gen)
+            real = images[idx].float().div_(127.5).sub_(1)
+            b = real.shape[0]
+            # (1) D: maximise log(D(x)) + log(1 - D(G(z)))
+            optD.zero_grad()
+            out = netD(real)
+            errD_real = criterion(out, torch.ones(b))
+            noise = torch.randn(b, args.nz, 1, 1, generator=gen)
+            fake = netG(noise)
+            out = netD(fake.detach())
+            errD_fake = criterion(out, torch.zeros(b))
+            if hvd is None:
+                errD_real.backward()
+                errD_fake.backward()
+            else:  # one backward: each D gradient is all-reduced once
+                (errD_real + errD_fake).backward()
+            optD.step()
+            # (2) G: maximise log(D(G(z)))
+            optG.zero_grad()
+            if hvd is not None:  # D's hooks must not fire during G's backward (hvd#796)
+                for p in netD.parameters():
+                    p.requires_grad_(False)
+            out = netD(fake)
+            errG = criterion(out, torch.ones(b))
+            errG.backward()
+            optG.step()
+            if hvd is not None:
+                for p in netD.parameters():
+                    p.requires_grad_(True)
+        if hvd is not None:
+            hvd.allreduce(torch.zeros(1), name=f"window.{w}")  # ranks end windows together
+        windows.append((time.perf_counter() - t0) / args.window)
+    return {"step_s": statistics.median(windows[1:]), "windows": windows}
+
+
+def hvdgan_worker(args) -> dict:
+    """hvdgan's Trainer (reader, GAN step, metrics) with the same model and batch."""
+    import torch
+
+    from hvdgan.config import TrainConfig
+    from hvdgan.metrics import read_metrics
+    from hvdgan.train import Trainer
+
+    out = Path(tempfile.mkdtemp(prefix="bench-hvdgan-"))
+    cfg = TrainConfig(data=args.data, out=str(out), nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch,
+                      max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
+                      checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu").validate()
+    trainer = Trainer(cfg)
+    trainer.run()
+    if trainer.rank != 0:
+        return {}
+    windows = [r["time_step"] for r in read_metrics(out / "metrics.jsonl") if "time_step" in r]
+    return {"step_s": statistics.median(windows[1:]), "windows": windows}
+
+
+# -------------------------------------------------------------------------------------------- main
+def run(kind: str, np: int, args, data: str) -> float:
+    me = [sys.executable, __file__, "--worker", kind, "--data", data, "--batch", str(args.batch),
+          "--window", str(args.window), "--windows", str(args.windows), "--threads", "1",
+          "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz)]
+    if kind == "plain-horovod":
+        me[3] = "plain"
+        me.append("--horovod")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if np > 1 or kind == "plain-horovod":
+        bindir = Path(sys.executable).parent
+        cmd = [str(bindir / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo"] + me
+    else:
+        cmd = me
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} np={np} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    for line in proc.stdout.splitlines():
+        if "BENCH " in line:
+            return json.loads(line.split("BENCH ", 1)[1])["step_s"]
+    raise SystemExit(f"{kind} np={np}: no result\n{proc.stdout[-2000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=["plain", "hvdgan"])
+    ap.add_argument("--horovod", action="store_true")
+    ap.add_argument("--data")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--window", type=int, default=10, help="steps per timed window")
+    ap.add_argument("--windows", type=int, default=4, help="windows per run (the first is warm-up)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ngf", type=int, default=64)
+    ap.add_argument("--ndf", type=int, default=64)
+    ap.add_argument("--nz", type=int, default=100)
+    ap.add_argument("--quick", action="store_true", help="2 rounds of shorter runs")
+    args = ap.parse_args()
+
+    if args.worker:
+        result = plain_worker(args) if args.worker == "plain" else hvdgan_worker(args)
+        if result:
+            print("BENCH " + json.dumps(result), flush=True)
+        return
+
+    if args.quick:
+        args.rounds, args.window, args.windows = 2, 6, 4
+    from hvdgan.data import prepare
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    data = str(tmp / "digits-rgb32")
+    prepare("digits", data, shards=8, size=32, channels=3, progress=False)
+    print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
+          f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
+          f"{os.cpu_count()} CPUs")
+    configs = [("plain", 1), ("hvdgan", 1), ("plain-horovod", 1), ("hvdgan", 2), ("plain-horovod", 2)]
+    times = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in configs:
+            times[c].append(run(c[0], c[1], args, data))
+        print(f"round {r + 1}: " + ", ".join(f"{k}@np{n} {t[-1] * 1000:.0f} ms/step" for (k, n), t in times.items()),
+              flush=True)
+    med = {c: statistics.median(t) for c, t in times.items()}
+    ratio = med[("plain", 1)] / med[("hvdgan", 1)]
+    eff = med[("hvdgan", 1)] / med[("hvdgan", 2)]
+    eff_plain = med[("plain-horovod", 1)] / med[("plain-horovod", 2)]
+    print()
+    print("median step time (ms):  " + ", ".join(f"{k}@np{n} {t * 1000:.0f}" for (k, n), t in med.items()))
+    print(f"hvdgan np=1 vs plain PyTorch loop (throughput ratio):  {ratio:.3f}   target >= 0.97  "
+          f"{'PASS' if ratio >= 0.97 else 'MISS'}")
+    print(f"weak scaling np=2 vs np=1, hvdgan:                     {eff:.3f}   target >= 0.90  "
+          f"{'PASS' if eff >= 0.90 else 'MISS'}")
+    print(f"weak scaling np=2 vs np=1, plain Horovod loop:         {eff_plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()
