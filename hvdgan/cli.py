@@ -25,11 +25,14 @@ def main():
 # --------------------------------------------------------------------------------------------- info
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-def info(as_json):
+@click.option("--placement", metavar="SPEC", default=None,
+              help="Show the devices this placement gives each rank, e.g. G=gpu0,D=gpu1 (as `hvdgan train "
+                   "--placement`; see docs/placement.md). Exits non-zero when a rank cannot use it.")
+def info(as_json, placement):
     """Versions, Horovod's build, GPUs, and the world as each rank sees it."""
     from . import info as info_mod
 
-    info_mod.run(as_json=as_json)
+    info_mod.run(as_json=as_json, placement=placement)
 
 
 # -------------------------------------------------------------------------- prepare / data (issue 3)

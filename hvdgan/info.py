@@ -9,6 +9,7 @@ import sys
 import click
 
 from . import distributed as dist
+from .errors import HvdganError
 
 
 def versions() -> dict:
@@ -51,15 +52,47 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join([line(columns), line("-" * widths[c] for c in columns)] + [line([r[c] for c in columns]) for r in rows])
 
 
-def run(as_json: bool = False) -> None:
+def rank_placement(spec: str | None, local_rank: int, local_size: int) -> dict:
+    """What `--placement spec` gives this rank: {"devices": ..., "placement_gpus": [...]}, or
+    {"placement_error": message}. Never raises: it runs before a collective that every rank must join."""
+    try:
+        import torch
+
+        from .placement import Placement, block_devices, cuda_indices, describe
+
+        n = dist.gpu_count()
+        default = torch.device("cuda", local_rank % n) if n else torch.device("cpu")  # as `hvdgan train --device auto`
+        devices = block_devices(Placement.parse(spec), local_rank, local_size, default, visible=n)
+        return {"devices": describe(devices), "placement_gpus": cuda_indices(devices)}
+    except HvdganError as exc:
+        return {"placement_error": exc.message}
+    except Exception as exc:  # noqa: BLE001 - shown in the table instead of leaving the other ranks waiting
+        return {"placement_error": f"{type(exc).__name__}: {exc}"}
+
+
+def placement_rows(world: list[dict]) -> list[dict]:
+    return [{"rank": r["rank"], "local_rank": r["local_rank"], "host": r["host"],
+             "gpus used": ",".join(map(str, r.get("placement_gpus") or [])) or "-",
+             "devices": r["devices"] if "devices" in r else f"error: {r.get('placement_error')}"} for r in world]
+
+
+def run(as_json: bool = False, placement: str | None = None) -> None:
     dist.init()
-    world = dist.world()  # collective: every rank takes part
+    h = dist.hvd()
+    # collective: every rank takes part, with the devices its placement would give it (or why it cannot)
+    world = dist.world(extra=rank_placement(placement, h.local_rank(), h.local_size()))
     if not dist.is_root():
         return
-    report = {"versions": versions(), "horovod_build": dist.build_info(), "gpus": gpus(), "world": world}
+    bad = [r["rank"] for r in world if "placement_error" in r]
+    failure = HvdganError(f"--placement {placement}: not usable on rank(s) {', '.join(map(str, bad))} "
+                          "(see the placement table)") if bad else None
+    report = {"versions": versions(), "horovod_build": dist.build_info(), "gpus": gpus(), "world": world,
+              "placement": placement}
     if as_json:
         json.dump(report, sys.stdout, indent=2)
         print()
+        if failure:
+            raise failure
         return
     v, b = report["versions"], report["horovod_build"]
     click.echo("hvdgan info")
@@ -74,3 +107,8 @@ def run(as_json: bool = False) -> None:
     click.echo(f"  GPUs         {', '.join(report['gpus']) or 'none'}")
     click.echo(f"world: {len(world)} rank(s)")
     click.echo(table(world, ["rank", "local_rank", "size", "local_size", "host", "pid", "controller", "gpus"]))
+    click.echo("placement: " + (placement or "none (every block on the rank's default device)"))
+    click.echo(table(placement_rows(world), ["rank", "local_rank", "host", "gpus used", "devices"]))
+    if failure:
+        sys.stdout.flush()
+        raise failure
