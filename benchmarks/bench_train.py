@@ -3,7 +3,8 @@
     1. hvdgan's training loop at np=1 against a plain PyTorch loop of the same model and batch
        (the pytorch/examples dcgan loop, data already in memory): target ratio >= 0.97
     2. weak scaling, np=2 against np=1, one thread per rank: target efficiency >= 0.90,
-       for hvdgan and for a plain Horovod loop (the same plain loop with Horovod's lines added)
+       for hvdgan and for a plain Horovod loop (the same plain loop with Horovod's lines added),
+       and, as the ceiling, two plain loops running at once with no communication at all
 
 Every configuration runs in its own process(es), in rounds that alternate the configurations, and
 each reports the median time of its timed windows (after a warm-up window). The result is the
@@ -125,6 +126,14 @@ def run(kind: str, np: int, args, data: str) -> float:
         me[3] = "plain"
         me.append("--horovod")
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    if kind == "plain-pair":  # np independent plain loops at once: the machine's own ceiling
+        me[3] = "plain"
+        procs = [subprocess.Popen(me, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(np)]
+        outs = [p.communicate(timeout=900) for p in procs]
+        if any(p.returncode for p in procs):
+            raise SystemExit(f"plain-pair failed:\n{outs}")
+        return max(json.loads(o.split("BENCH ", 1)[1])["step_s"] for o, _ in outs)
     if np > 1 or kind == "plain-horovod":
         bindir = Path(sys.executable).parent
         cmd = [str(bindir / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", "--gloo"] + me
@@ -171,7 +180,8 @@ def main() -> None:
     print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
           f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
           f"{os.cpu_count()} CPUs")
-    configs = [("plain", 1), ("hvdgan", 1), ("plain-horovod", 1), ("hvdgan", 2), ("plain-horovod", 2)]
+    configs = [("plain", 1), ("hvdgan", 1), ("plain-horovod", 1), ("hvdgan", 2), ("plain-horovod", 2),
+               ("plain-pair", 2)]
     times = {c: [] for c in configs}
     for r in range(args.rounds):
         for c in configs:
@@ -189,6 +199,9 @@ def main() -> None:
     print(f"weak scaling np=2 vs np=1, hvdgan:                     {eff:.3f}   target >= 0.90  "
           f"{'PASS' if eff >= 0.90 else 'MISS'}")
     print(f"weak scaling np=2 vs np=1, plain Horovod loop:         {eff_plain:.3f}")
+    ceiling = med[("plain", 1)] / med[("plain-pair", 2)]
+    print(f"two independent plain loops at once vs one (no communication at all; the machine's ceiling): "
+          f"{ceiling:.3f}")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,13 @@ class TrainConfig:
             bad("ema", f"must be in [0, 1), got {self.ema}")
         if self.threads is not None and self.threads < 1:
             bad("threads", f"must be >= 1, got {self.threads}")
+        if self.placement:
+            from .placement import Placement
+
+            try:
+                Placement.parse(self.placement)
+            except HvdganError as exc:
+                bad("placement", exc.message.split(": ", 1)[-1])
         if not self.data:
             bad("data", "no dataset directory given (--data DIR, or `data:` in the job file)")
         return self

@@ -122,7 +122,8 @@ class GAN:
         self.stats = torch.zeros(len(self.STATS), device=self.loss_device)
         self.stat_steps = 0
         self.timers = {"compute": 0.0, "allreduce_wait": 0.0}
-        self.amp = bool(cfg.amp) and self.noise_device.type == "cuda"
+        # bf16 autocast for the CUDA ops (CPU ops are untouched), wherever the blocks are placed
+        self.amp = bool(cfg.amp) and any(p.is_cuda for p in (*G.parameters(), *D.parameters()))
         self.d_updates = 0
         self.bad_step = torch.zeros((), dtype=torch.float64, device=self.loss_device)  # first non-finite step
 

@@ -117,6 +117,7 @@ class Trainer:
         self.real_device = self.gan.real_device
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
+        self.last_checkpoint = None  # rank 0's newest good checkpoint (named when a run stops on NaN)
         self.total_steps = (cfg.max_steps if cfg.max_steps is not None
                             else cfg.epochs * self.reader.batches_per_epoch // cfg.d_steps)
         self._resume()
@@ -151,6 +152,7 @@ class Trainer:
                 raise HvdganError(meta["error"])
             self.gan.broadcast()  # hvd: rank 0's loaded parameters and optimizer state to every rank
             self.step, self.epoch, self.batch = meta["step"], meta["epoch"], meta["batch"]
+            self.last_checkpoint = meta["path"]
             self.gan.d_updates = meta["d_updates"]
             if meta["world_size"] == self.size:
                 set_rng_state(self.noise_gen, meta["rng"][self.rank])
@@ -176,7 +178,6 @@ class Trainer:
     def run(self) -> dict:
         cfg, hvd = self.cfg, self.hvd
         preempt = Preemption()
-        self.last_checkpoint = ckpt.list_checkpoints(self.ckpt_dir)[-1] if self.root and self.step else None
         if self.root:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(
