@@ -21,6 +21,10 @@ def init() -> None:
     h = hvd()
     if not h.is_initialized():
         check_launch()
+        # Open MPI busy-polls while a call waits. Horovod's background thread makes MPI calls every cycle
+        # (HOROVOD_CYCLE_TIME), and on a CPU rank it shares the core with the compute thread: polling
+        # without yielding took up to 40% of the step here (docs/benchmarks.md). Set it to 0 to undo.
+        os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         h.init()
     check_world(h.size())
 
