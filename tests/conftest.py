@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hvdgan.launch import Launch, run
 
@@ -23,7 +24,7 @@ LAUNCHERS = {
 }
 
 
-def test_env(**extra) -> dict:
+def run_env(**extra) -> dict:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -36,7 +37,7 @@ def launch(launcher: str, argv: list[str], np: int = 2, timeout: float = 180, en
     """Run argv on `np` ranks with the named launcher (gloo, mpi, mpirun); a hang fails the test."""
     spec = LAUNCHERS[launcher]
     cmd = Launch(np=np, launcher=spec.launcher, controller=spec.controller).command(argv)
-    env = env or test_env()
+    env = env or run_env()
     try:
         proc = run(cmd, timeout=timeout, capture_output=True, text=True, env=env, cwd=cwd)
     except subprocess.TimeoutExpired as exc:
@@ -50,8 +51,26 @@ def launch(launcher: str, argv: list[str], np: int = 2, timeout: float = 180, en
 def hvdgan(*args, timeout: float = 300, check: bool = True, env=None, cwd=None) -> subprocess.CompletedProcess:
     """Run the hvdgan console script in one process."""
     proc = run([HVDGAN, *map(str, args)], timeout=timeout, capture_output=True, text=True,
-               env=env or test_env(), cwd=cwd)
+               env=env or run_env(), cwd=cwd)
     if check and proc.returncode != 0:
         pytest.fail(f"hvdgan {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
                     f"{proc.stderr[-3000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The embedded digits, prepared once per test session (1,797 images, 32x32x1, 4 shards)."""
+    out = tmp_path_factory.mktemp("data") / "digits"
+    hvdgan("prepare", "digits", out, "--shards", "4")
+    return out
+
+
+def flat_state(state: dict) -> torch.Tensor:
+    """Every floating-point tensor of a state dict, as one vector."""
+    return torch.cat([v.double().flatten() for v in state.values() if torch.is_tensor(v) and v.is_floating_point()])
+
+
+def opt_tensors(opt_state: dict) -> torch.Tensor:
+    """Every tensor of an optimizer's per-parameter state, as one vector."""
+    return torch.cat([v.double().flatten() for s in opt_state["state"].values() for v in s.values()])

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from conftest import HVDGAN, ROOT, hvdgan, launch
-from conftest import test_env as subprocess_env
+from conftest import HVDGAN, ROOT, flat_state, hvdgan, launch, opt_tensors
+from conftest import run_env as subprocess_env
 from hvdgan import info, syncbn
 from hvdgan.errors import HvdganError
 from hvdgan.launch import run
@@ -303,21 +303,6 @@ def test_unknown_block_in_place_lists_the_valid_ones():
 
 
 # ------------------------------------------------------------------------------ training with placements
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "digits"
-    hvdgan("prepare", "digits", out, "--shards", "4")
-    return out
-
-
-def flat_state(state: dict) -> torch.Tensor:
-    return torch.cat([v.double().flatten() for v in state.values() if torch.is_tensor(v) and v.is_floating_point()])
-
-
-def opt_tensors(opt_state: dict) -> torch.Tensor:
-    return torch.cat([v.double().flatten() for s in opt_state["state"].values() for v in s.values()])
-
-
 @pytest.mark.mp
 def test_two_ranks_with_a_placement_keep_identical_parameters(digits, tmp_path):
     # G's blocks and D on explicit devices, G's BatchNorm synchronised, D with spectral norm

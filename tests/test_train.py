@@ -6,26 +6,11 @@ import sys
 import pytest
 import torch
 
-from conftest import HVDGAN, ROOT, hvdgan, launch
+from conftest import HVDGAN, ROOT, flat_state, hvdgan, launch, opt_tensors
 from hvdgan.metrics import read_metrics
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")
 SMALL = ["--ngf", "16", "--ndf", "16", "--batch-size", "16", "--log-every", "1", "--no-tensorboard"]
-
-
-@pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "digits"
-    hvdgan("prepare", "digits", out, "--shards", "4")
-    return out
-
-
-def flat_state(state: dict) -> torch.Tensor:
-    return torch.cat([v.double().flatten() for v in state.values() if torch.is_tensor(v) and v.is_floating_point()])
-
-
-def opt_tensors(opt_state: dict) -> torch.Tensor:
-    return torch.cat([v.double().flatten() for s in opt_state["state"].values() for v in s.values()])
 
 
 def test_single_process_run_writes_everything(digits, tmp_path):
