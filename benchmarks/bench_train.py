@@ -99,7 +99,6 @@ def plain_worker(args) -> dict:
 
 def hvdgan_worker(args) -> dict:
     """hvdgan's Trainer (reader, GAN step, metrics) with the same model and batch."""
-    import torch
 
     from hvdgan.config import TrainConfig
     from hvdgan.metrics import read_metrics

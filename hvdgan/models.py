@@ -11,7 +11,6 @@ The discriminator returns logits; the losses apply the sigmoid (BCE-with-logits)
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .errors import HvdganError

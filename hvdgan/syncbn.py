@@ -9,7 +9,6 @@ the CUDA path computes in its forward and backward.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import horovod.torch as hvd

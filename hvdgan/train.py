@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -176,7 +175,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- the loop
     def run(self) -> dict:
-        cfg, hvd = self.cfg, self.hvd
+        cfg = self.cfg
         preempt = Preemption()
         if self.root:
             self.out.mkdir(parents=True, exist_ok=True)

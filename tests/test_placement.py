@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from conftest import HVDGAN, ROOT, flat_state, hvdgan, launch, opt_tensors
+from conftest import HVDGAN, ROOT, flat_state, launch, opt_tensors
 from conftest import run_env as subprocess_env
 from hvdgan import info, syncbn
 from hvdgan.errors import HvdganError

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, HVDGAN, ROOT, hvdgan, launch
+from conftest import BIN, HVDGAN, ROOT, launch
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 TRAIN_SH = ROOT / "slurm" / "train.sh"
@@ -182,13 +182,6 @@ def test_plain_srun_is_refused_by_the_guard(slurm_cluster):
 # --------------------------------------------------------------------------- sbatch slurm/train.sh
 SMALL = ["--ngf", "16", "--ndf", "16", "--batch-size", "32", "--log-every", "1", "--threads", "1",
          "--no-tensorboard"]
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("slurm-data") / "digits"
-    hvdgan("prepare", "digits", out, "--shards", "4")
-    return out
 
 
 def submit_train(cluster, workdir: Path, args: list[str]) -> tuple[int, Path]:
