@@ -526,7 +526,9 @@ class _World:
             self.h, self.rank, self.size = None, 0, 1
 
     def gather(self, obj) -> list:
-        return self.h.allgather_object(obj) if self.horovod and self.size > 1 else [obj]
+        # an explicit name: Horovod's default is the object's type, which differs between a rank that
+        # sends None and one that sends an error message, and then the ranks never meet
+        return self.h.allgather_object(obj, name="hvdgan.prepare") if self.horovod and self.size > 1 else [obj]
 
     def agree(self, error: str | None) -> None:
         """A collective: if any rank failed, every rank raises (nobody is left waiting in the next collective)."""
