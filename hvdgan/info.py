@@ -56,13 +56,10 @@ def rank_placement(spec: str | None, local_rank: int, local_size: int) -> dict:
     """What `--placement spec` gives this rank: {"devices": ..., "placement_gpus": [...]}, or
     {"placement_error": message}. Never raises: it runs before a collective that every rank must join."""
     try:
-        import torch
+        from .placement import Placement, block_devices, cuda_indices, default_device, describe
 
-        from .placement import Placement, block_devices, cuda_indices, describe
-
-        n = dist.gpu_count()
-        default = torch.device("cuda", local_rank % n) if n else torch.device("cpu")  # as `hvdgan train --device auto`
-        devices = block_devices(Placement.parse(spec), local_rank, local_size, default, visible=n)
+        devices = block_devices(Placement.parse(spec), local_rank, local_size, default_device("auto", local_rank),
+                                visible=dist.gpu_count())
         return {"devices": describe(devices), "placement_gpus": cuda_indices(devices)}
     except HvdganError as exc:
         return {"placement_error": exc.message}

@@ -88,18 +88,19 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> torch.Tensor:
-    """Save images in [-1, 1] as one PNG grid (torchvision's save_image); returns the grid tensor."""
+    """Save images in [-1, 1] as one PNG grid (torchvision's make_grid + save_image); returns the grid."""
     from torchvision.utils import make_grid, save_image
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = images.detach().float().cpu()
-    save_image(images, path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
-    return make_grid(images, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    grid = make_grid(images.detach().float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+    save_image(grid, path)
+    return grid
 
 
 def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
     """Loss and D-output curves of a run, from its metrics.jsonl."""
-    records = [r for r in read_metrics(metrics_path) if "loss_d" in r]
+    every = read_metrics(metrics_path)
+    records = [r for r in every if "loss_d" in r]
     if not records:
         return None
     import matplotlib
@@ -115,7 +116,7 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
     ax2.plot(steps, [r["d_real"] for r in records], label="D(x)")
     ax2.plot(steps, [r["d_fake"] for r in records], label="D(G(z))")
     ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.set_title("discriminator outputs"), ax2.legend()
-    fds = [(r["step"], r["fd8"]) for r in read_metrics(metrics_path) if "fd8" in r]
+    fds = [(r["step"], r["fd8"]) for r in every if "fd8" in r]
     if fds:
         ax3 = ax1.twinx()
         ax3.plot(*zip(*fds), "k.--", label="FD (8x8)")

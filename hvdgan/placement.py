@@ -134,6 +134,16 @@ def launcher_gave_own_gpus(local_rank: int, visible: int, env: Mapping[str, str]
             and env.get("SLURM_LOCALID") == str(local_rank))
 
 
+def default_device(kind: str, local_rank: int) -> torch.device:
+    """Where an unplaced network goes (`--device auto|cpu|cuda`): cuda:local_rank (modulo the GPUs this
+    rank sees) when there is a GPU and the CPU otherwise, for auto."""
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise HvdganError("--device cuda: no CUDA device is visible to this rank")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 def gpu_group(local_rank: int, local_size: int, per_rank: int, visible: int, narrowed: bool = False,
               spec: str = "") -> list[int]:
     """The CUDA device indices that rank `local_rank` of `local_size` ranks on a node owns, with

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from .errors import HvdganError
 from .gan import GAN
 from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
 from .models import Discriminator, Generator, architecture, check_image_size
-from .placement import Placement, block_devices, describe, place
+from .placement import Placement, block_devices, default_device, describe, place
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
@@ -48,14 +49,6 @@ def timed(iterable):
         except StopIteration:
             return
         yield item, time.perf_counter() - t0
-
-
-def default_device(cfg: TrainConfig, local_rank: int) -> torch.device:
-    if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise HvdganError("--device cuda: no CUDA device is visible to this rank")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def rng_state(gen: torch.Generator) -> dict:
@@ -99,7 +92,7 @@ class Trainer:
 
         # models, placed on this rank's devices
         torch.manual_seed(cfg.seed)
-        dev = default_device(cfg, hvd.local_rank())
+        dev = default_device(cfg.device, hvd.local_rank())
         self.devices = block_devices(Placement.parse(cfg.placement), hvd.local_rank(), hvd.local_size(), dev)
         G = place(Generator(cfg.nz, cfg.ngf, m.channels, m.height), self.devices["G"])
         D = place(Discriminator(cfg.ndf, m.channels, m.height, cfg.spectral_norm), self.devices["D"])
@@ -301,8 +294,9 @@ class Trainer:
                                .float().cpu() for _ in range(FD_SAMPLES // 128)])
         model.train(was_training)
         samples = self.out / "samples"
-        grid = save_grid(grid_imgs, samples / f"step-{self.step:06d}.png")
-        save_grid(grid_imgs, samples / "latest.png")
+        step_png = samples / f"step-{self.step:06d}.png"
+        grid = save_grid(grid_imgs, step_png)
+        shutil.copyfile(step_png, samples / "latest.png")
         self.runlog.image("samples", grid, self.step)
         fd = frechet_distance(gaussian(features8(fakes)), self.real_stats)
         self.runlog.write({"step": self.step, "epoch": self.epoch, "fd8": fd})
