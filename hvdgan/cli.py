@@ -33,8 +33,7 @@ def info(as_json, placement):
     info_mod.run(as_json=as_json, placement=placement)
 
 
-# -------------------------------------------------------------------------- prepare / data (issue 3)
-# (data commands go here)
+# ----------------------------------------------------------------------------------- prepare / data
 @main.command()
 @click.argument("source")
 @click.argument("out", type=click.Path(file_okay=False))
@@ -93,7 +92,7 @@ def data_check(directory, quiet):
 
 
 
-# ------------------------------------------------------------------------------- train (issue 4)
+# ------------------------------------------------------------------------------------------- train
 def _config_options(func):
     """One option per TrainConfig field (hvdgan/config.py holds names, defaults and help)."""
     from .config import FIELDS, HELP, CHOICES
@@ -177,8 +176,7 @@ def sample(checkpoint, out, num, single, seed, no_ema, overwrite):
     click.echo(f"wrote {written}")
 
 
-# ------------------------------------------------------------------------------ launch (issue 6)
-# (launch command goes here)
+# ------------------------------------------------------------------------------------------ launch
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--np", "-np", "np_", type=int, required=True, help="Number of ranks (processes) to start.")
 @click.option("--hosts", "-H", metavar="H1:N,H2:N", help="Hosts and slots (default: this host).")

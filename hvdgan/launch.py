@@ -16,7 +16,10 @@ from dataclasses import dataclass
 LAUNCHERS = ("horovodrun", "mpirun", "srun")
 
 # Variables Horovod, NCCL and hvdgan read on every rank: mpirun does not forward the environment by itself.
-EXPORT_PREFIXES = ("HOROVOD_", "NCCL_", "HVDGAN_", "HDF5_", "OMP_", "PYTHON", "CUDA_", "LD_LIBRARY_PATH", "PATH")
+# The one list: slurm/train.sh repeats it (bash cannot import it) and docs/cluster.md quotes it;
+# tests/test_docs.py checks both against these two tuples.
+EXPORT_PREFIXES = ("HOROVOD_", "NCCL_", "HVDGAN_", "HDF5_", "OMP_", "PYTHON", "CUDA_")
+EXPORT_NAMES = ("PATH", "LD_LIBRARY_PATH")
 
 
 def _tool(name: str) -> str:
@@ -26,7 +29,7 @@ def _tool(name: str) -> str:
 
 
 def exported_names(env=os.environ) -> list[str]:
-    return sorted(k for k in env if k.startswith(EXPORT_PREFIXES))
+    return sorted(k for k in env if k.startswith(EXPORT_PREFIXES) or k in EXPORT_NAMES)
 
 
 def hostfile_hosts(path: str) -> list[str]:

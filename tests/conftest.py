@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,15 @@ LAUNCHERS = {
     "mpi": Launch(np=2, launcher="horovodrun", controller="mpi"),
     "mpirun": Launch(np=2, launcher="mpirun"),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def versions_env() -> dict[str, str]:
+    """scripts/versions.env as scripts/setup.sh and the Dockerfile read it: sourced by bash (quotes and all)."""
+    names = re.findall(r"^([A-Za-z_]\w*)=", (ROOT / "scripts" / "versions.env").read_text(), re.M)
+    out = subprocess.run(["bash", "-c", '. scripts/versions.env; for k in "$@"; do printf "%s=%s\\0" "$k" "${!k}"; done',
+                          "versions.env", *names], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return dict(item.split("=", 1) for item in out.split("\0") if item)
 
 
 def run_env(**extra) -> dict:

@@ -11,20 +11,13 @@ from pathlib import Path
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from conftest import versions_env
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 
 INSTRUCTIONS = {"FROM", "RUN", "CMD", "LABEL", "MAINTAINER", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT",
                 "VOLUME", "USER", "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL", "COMMENT"}
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for line in (ROOT / "scripts" / "versions.env").read_text().splitlines():
-        m = re.match(r"^([A-Z_]+)=(.*)$", line.strip())
-        if m:
-            out[m.group(1)] = m.group(2).strip().strip('"')
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,7 @@ def test_cuda_13_devel_base_matches_versions_env(parsed):
     assert base.startswith("nvidia/cuda:"), base
     tag = base.split(":", 1)[1]
     assert "devel" in tag and "ubuntu" in tag, tag
-    cuda = versions()["CUDA_VERSION"]
+    cuda = versions_env()["CUDA_VERSION"]
     assert cuda.startswith("13."), cuda
     assert tag == cuda or tag.startswith(cuda + ".") or tag.startswith(cuda + "-"), \
         f"base image CUDA {tag} != CUDA_VERSION={cuda} in scripts/versions.env"
@@ -100,7 +93,7 @@ def test_versions_only_from_versions_env():
     text = DOCKERFILE.read_text()
     body = "\n".join(line for line in text.splitlines()
                      if not line.lstrip().startswith("#") and not line.startswith(("ARG CUDA_IMAGE", "FROM")))
-    v = versions()
+    v = versions_env()
     for key in ("TORCH_VERSION", "TORCHVISION_VERSION", "HOROVOD_VERSION", "PYTHON_VERSION"):
         assert not re.search(rf"(?<![\d.]){re.escape(v[key])}(?![\d])", body), f"{key}={v[key]} written in the Dockerfile"
         assert not re.search(rf"^\s*(ENV|ARG)\b.*\b{key}=", body, re.M), f"{key} set in the Dockerfile"

@@ -8,20 +8,11 @@ import sys
 
 import pytest
 
-from conftest import HVDGAN, ROOT, launch, hvdgan
+from conftest import HVDGAN, ROOT, hvdgan, launch, versions_env
 from hvdgan.distributed import check_world
 from hvdgan.errors import HvdganError
 
 LAUNCHER_NAMES = ["gloo", "mpi", "mpirun"]
-
-
-def versions_env() -> dict:
-    values = {}
-    for line in (ROOT / "scripts" / "versions.env").read_text().splitlines():
-        if "=" in line and not line.lstrip().startswith("#"):
-            key, value = line.split("=", 1)
-            values[key.strip()] = value.strip().strip('"')
-    return values
 
 
 def test_pins_come_from_one_place():
