@@ -8,10 +8,12 @@
 
 Every configuration runs in its own process(es), in rounds that alternate the configurations, and
 each reports the median time of its timed windows (after a warm-up window). The result is the
-median over rounds.
+median over rounds. Workers hand their results back in a JSON file each (--result), not on stdout, where
+a launcher's output tags (`[1,0]<stdout>:`) can land on the same line.
 
     .venv/bin/python benchmarks/bench_train.py            # about 6 minutes on 2 cores
     .venv/bin/python benchmarks/bench_train.py --quick    # about 2 minutes
+    .venv/bin/python benchmarks/bench_train.py --smoke    # tiny model, 1 round: checks that every path runs
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,7 +61,7 @@ def plain_worker(args) -> dict:
         optG = hvd.DistributedOptimizer(optG, named_parameters=[("G." + n, p) for n, p in netG.named_parameters()])
     criterion = nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(1 + (hvd.rank() if hvd else 0))
-    windows = []
+    windows, rank = [], hvd.rank() if hvd else 0
     for w in range(args.windows):
         t0 = time.perf_counter()
         for _ in range(args.window):
@@ -94,7 +97,7 @@ def plain_worker(args) -> dict:
         if hvd is not None:
             hvd.allreduce(torch.zeros(1), name=f"window.{w}")  # ranks end windows together
         windows.append((time.perf_counter() - t0) / args.window)
-    return {"step_s": statistics.median(windows[1:]), "windows": windows}
+    return {"rank": rank, "step_s": statistics.median(windows[1:]), "windows": windows}
 
 
 def hvdgan_worker(args) -> dict:
@@ -113,26 +116,50 @@ def hvdgan_worker(args) -> dict:
     if trainer.rank != 0:
         return {}
     windows = [r["time_step"] for r in read_metrics(out / "metrics.jsonl") if "time_step" in r]
-    return {"step_s": statistics.median(windows[1:]), "windows": windows}
+    shutil.rmtree(out, ignore_errors=True)
+    return {"rank": 0, "step_s": statistics.median(windows[1:]), "windows": windows}
+
+
+def write_result(template: str, result: dict) -> None:
+    """The worker's result as a JSON file (`{rank}` in the path is filled in), written atomically."""
+    path = Path(template.format(rank=result["rank"]))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+
+
+def read_result(path: Path, what: str, proc_out: str) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"{what}: no result file {path.name}\n{proc_out[-2000:]}")
+    return json.loads(path.read_text())
 
 
 # -------------------------------------------------------------------------------------------- main
 def run(kind: str, np: int, args, data: str, controller: str = "gloo") -> float:
+    results = Path(tempfile.mkdtemp(prefix="bench-result-"))
+    try:
+        return _run(kind, np, args, data, controller, results)
+    finally:
+        shutil.rmtree(results, ignore_errors=True)
+
+
+def _run(kind: str, np: int, args, data: str, controller: str, results: Path) -> float:
     me = [sys.executable, __file__, "--worker", kind, "--data", data, "--batch", str(args.batch),
           "--window", str(args.window), "--windows", str(args.windows), "--threads", "1",
-          "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz)]
+          "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz),
+          "--result", str(results / "result-{rank}.json")]
     if kind == "plain-horovod":
         me[3] = "plain"
         me.append("--horovod")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if kind == "plain-pair":  # np independent plain loops at once: the machine's own ceiling
         me[3] = "plain"
-        procs = [subprocess.Popen(me, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(np)]
+        procs = [subprocess.Popen(me[:-1] + [str(results / f"pair-{i}-{{rank}}.json")], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env) for i in range(np)]
         outs = [p.communicate(timeout=900) for p in procs]
         if any(p.returncode for p in procs):
             raise SystemExit(f"plain-pair failed:\n{outs}")
-        return max(json.loads(o.split("BENCH ", 1)[1])["step_s"] for o, _ in outs)
+        return max(read_result(results / f"pair-{i}-0.json", "plain-pair", str(outs))["step_s"] for i in range(np))
     if np > 1 or kind == "plain-horovod":
         bindir = Path(sys.executable).parent
         cmd = [str(bindir / "horovodrun"), "-np", str(np), "-H", f"localhost:{np}", f"--{controller}"] + me
@@ -141,10 +168,7 @@ def run(kind: str, np: int, args, data: str, controller: str = "gloo") -> float:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} np={np} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    for line in proc.stdout.splitlines():
-        if "BENCH " in line:
-            return json.loads(line.split("BENCH ", 1)[1])["step_s"]
-    raise SystemExit(f"{kind} np={np}: no result\n{proc.stdout[-2000:]}")
+    return read_result(results / "result-0.json", f"{kind} np={np}", proc.stdout + proc.stderr)["step_s"]
 
 
 def main() -> None:
@@ -160,51 +184,60 @@ def main() -> None:
     ap.add_argument("--ngf", type=int, default=64)
     ap.add_argument("--ndf", type=int, default=64)
     ap.add_argument("--nz", type=int, default=100)
+    ap.add_argument("--result", help="(worker) write the result here as JSON; {rank} is the rank")
     ap.add_argument("--quick", action="store_true", help="2 rounds of shorter runs")
+    ap.add_argument("--smoke", action="store_true",
+                    help="1 round of a tiny model (ngf = ndf = 8, batch 8, 2-step windows): every configuration "
+                         "runs, the figures mean nothing (tests/test_benchmarks.py)")
     args = ap.parse_args()
 
     if args.worker:
         result = plain_worker(args) if args.worker == "plain" else hvdgan_worker(args)
-        if result:
-            print("BENCH " + json.dumps(result), flush=True)
+        if result and args.result:
+            write_result(args.result, result)
         return
 
     if args.quick:
         args.rounds, args.window, args.windows = 2, 6, 4
+    if args.smoke:
+        args.rounds, args.window, args.windows, args.batch, args.ngf, args.ndf, args.nz = 1, 2, 2, 8, 8, 8, 16
     from hvdgan.data import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    data = str(tmp / "digits-rgb32")
-    prepare("digits", data, shards=8, size=32, channels=3, progress=False)
-    print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
-          f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
-          f"{os.cpu_count()} CPUs")
-    # (kind, ranks, controller): horovodrun's default controller is MPI when Horovod has it
-    configs = [("plain", 1, "-"), ("hvdgan", 1, "-"), ("plain-horovod", 1, "mpi"), ("hvdgan", 2, "mpi"),
-               ("plain-horovod", 2, "mpi"), ("hvdgan", 2, "gloo"), ("plain-horovod", 2, "gloo"), ("plain-pair", 2, "-")]
-    name = {c: f"{c[0]}@np{c[1]}" + (f"/{c[2]}" if c[1] > 1 and c[2] != "-" else "") for c in configs}
-    times = {c: [] for c in configs}
-    for r in range(args.rounds):
-        for c in configs:
-            times[c].append(run(c[0], c[1], args, data, controller=c[2]))
-        print(f"round {r + 1}: " + ", ".join(f"{name[c]} {t[-1] * 1000:.0f} ms/step" for c, t in times.items()),
-              flush=True)
-    med = {c: statistics.median(t) for c, t in times.items()}
-    ratio = med[("plain", 1, "-")] / med[("hvdgan", 1, "-")]
-    print()
-    print("median step time (ms):  " + ", ".join(f"{name[c]} {t * 1000:.0f}" for c, t in med.items()))
-    print(f"hvdgan np=1 vs plain PyTorch loop (throughput ratio):    {ratio:.3f}   target >= 0.97  "
-          f"{'PASS' if ratio >= 0.97 else 'MISS'}")
-    for ctl in ("mpi", "gloo"):
-        eff = med[("hvdgan", 1, "-")] / med[("hvdgan", 2, ctl)]
-        eff_plain = med[("plain-horovod", 1, "mpi")] / med[("plain-horovod", 2, ctl)]
-        verdict = f"   target >= 0.90  {'PASS' if eff >= 0.90 else 'MISS'}" if ctl == "mpi" else ""
-        print(f"weak scaling np=2 vs np=1, hvdgan, {ctl:4s}:                {eff:.3f}{verdict}")
-        print(f"weak scaling np=2 vs np=1, plain Horovod loop, {ctl:4s}:    {eff_plain:.3f}")
-    ceiling = med[("plain", 1, "-")] / med[("plain-pair", 2, "-")]
-    print(f"two independent plain loops at once vs one (no communication at all; the machine's ceiling): "
-          f"{ceiling:.3f}")
+    try:
+        data = str(tmp / "digits-rgb32")
+        prepare("digits", data, shards=8, size=32, channels=3, progress=False)
+        print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
+              f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
+              f"{os.cpu_count()} CPUs")
+        # (kind, ranks, controller): horovodrun's default controller is MPI when Horovod has it
+        configs = [("plain", 1, "-"), ("hvdgan", 1, "-"), ("plain-horovod", 1, "mpi"), ("hvdgan", 2, "mpi"),
+                   ("plain-horovod", 2, "mpi"), ("hvdgan", 2, "gloo"), ("plain-horovod", 2, "gloo"), ("plain-pair", 2, "-")]
+        name = {c: f"{c[0]}@np{c[1]}" + (f"/{c[2]}" if c[1] > 1 and c[2] != "-" else "") for c in configs}
+        times = {c: [] for c in configs}
+        for r in range(args.rounds):
+            for c in configs:
+                times[c].append(run(c[0], c[1], args, data, controller=c[2]))
+            print(f"round {r + 1}: " + ", ".join(f"{name[c]} {t[-1] * 1000:.0f} ms/step" for c, t in times.items()),
+                  flush=True)
+        med = {c: statistics.median(t) for c, t in times.items()}
+        ratio = med[("plain", 1, "-")] / med[("hvdgan", 1, "-")]
+        print()
+        print("median step time (ms):  " + ", ".join(f"{name[c]} {t * 1000:.0f}" for c, t in med.items()))
+        print(f"hvdgan np=1 vs plain PyTorch loop (throughput ratio):    {ratio:.3f}   target >= 0.97  "
+              f"{'PASS' if ratio >= 0.97 else 'MISS'}")
+        for ctl in ("mpi", "gloo"):
+            eff = med[("hvdgan", 1, "-")] / med[("hvdgan", 2, ctl)]
+            eff_plain = med[("plain-horovod", 1, "mpi")] / med[("plain-horovod", 2, ctl)]
+            verdict = f"   target >= 0.90  {'PASS' if eff >= 0.90 else 'MISS'}" if ctl == "mpi" else ""
+            print(f"weak scaling np=2 vs np=1, hvdgan, {ctl:4s}:                {eff:.3f}{verdict}")
+            print(f"weak scaling np=2 vs np=1, plain Horovod loop, {ctl:4s}:    {eff_plain:.3f}")
+        ceiling = med[("plain", 1, "-")] / med[("plain-pair", 2, "-")]
+        print(f"two independent plain loops at once vs one (no communication at all; the machine's ceiling): "
+              f"{ceiling:.3f}")
 
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

@@ -403,8 +403,8 @@ def test_dry_run_prints_what_the_docs_show(where, args, shown, monkeypatch):
     printed = " ".join(shlex.split(printed))
     if os.geteuid() != 0:  # the docs are written as root (in the container); mpirun adds it only then
         shown = shown.replace(" --allow-run-as-root", "")
-    pattern = r"\s+".join(r"\S+(?:\s+\S+)*?" if w == "..." else re.escape(w) for w in shown.split())
-    assert re.fullmatch(pattern, printed), f"{where}: the docs show\n  {shown}\nhvdgan launch prints\n  {printed}"
+    pattern = "".join(r"(?:\s+\S+)*?" if w == "..." else r"\s+" + re.escape(w) for w in shown.split())
+    assert re.fullmatch(pattern, " " + printed), f"{where}: the docs show\n  {shown}\nhvdgan launch prints\n  {printed}"
 
 
 def job_excerpts() -> list[tuple[str, str, dict]]:

@@ -1,0 +1,74 @@
+"""Every benchmark runs in its smallest mode, so that a crash cannot hide until someone measures.
+
+The figures of these runs mean nothing (tiny models, one short round, a loaded machine); what is checked is
+that each script gets through every configuration it times, hands its results back and prints its summary.
+bench_train.py's workers hand their results back as files: the test runs its horovodrun --mpi and --gloo
+configurations, whose output tags used to break the parsing of stdout (issue 9, item 5).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_env
+from hvdgan.launch import run
+
+BENCH = ROOT / "benchmarks"
+
+
+def bench(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(BENCH / script), *args]
+    try:
+        return run(cmd, timeout=timeout, capture_output=True, text=True, env=run_env(), cwd=ROOT)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(cmd)} timed out after {timeout}s\n{exc.output}\n{exc.stderr}")
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+@pytest.mark.mp
+def test_bench_train_smoke_runs_every_configuration():
+    out = ok(bench("bench_train.py", "--smoke", timeout=400))
+    for name in ("plain@np1", "hvdgan@np1", "plain-horovod@np1", "hvdgan@np2/mpi", "plain-horovod@np2/mpi",
+                 "hvdgan@np2/gloo", "plain-horovod@np2/gloo", "plain-pair@np2"):
+        assert re.search(rf"{re.escape(name)} \d+ ms/step", out), f"no time for {name}:\n{out}"
+    assert re.search(r"hvdgan np=1 vs plain PyTorch loop \(throughput ratio\):\s+\d+\.\d{3}", out), out
+    assert len(re.findall(r"weak scaling np=2 vs np=1, .*:\s+\d+\.\d{3}", out)) == 4, out
+
+
+def test_bench_data_smoke_times_every_method():
+    out = ok(bench("bench_data.py", "--smoke", "--no-pin"))
+    for name in ("ceiling", "slice-copy", "h5-none", "h5-none-mem", "h5-none-h5py", "h5-gzip", "h5-gzip-mem",
+                 "h5-lzf", "h5-lzf-mem", "imagefolder"):
+        assert re.search(rf"^{re.escape(name)}\s+[\d,]+\s+[\d.]+x\s+\d+%$", out, re.M), f"no row for {name}:\n{out}"
+    assert "not judged (--smoke)" in out
+
+
+def test_bench_placement_cpu_smoke_is_bit_identical(tmp_path):
+    result = tmp_path / "placement.json"
+    out = ok(bench("bench_placement.py", "--device", "cpu", "--rounds", "1", "--steps", "1", "--warmup", "0",
+                   "--check-steps", "2", "--ngf", "8", "--ndf", "8", "--nz", "16", "--batch-size", "4",
+                   "--json", str(result)))
+    assert re.search(r"^G=cpu,D=cpu\s+[\d.]+\s+\d+\s+[\d.]+x", out, re.M), out
+    assert "G=cpu,D=cpu" in out and ": OK" in out, out
+    assert result.is_file()
+
+
+def test_bench_placement_on_cuda_without_a_gpu_says_so_and_exits_2():
+    if torch.cuda.is_available():  # a GPU machine: the smallest real GPU run instead
+        out = ok(bench("bench_placement.py", "--rounds", "1", "--steps", "1", "--warmup", "1", "--ngf", "8",
+                       "--ndf", "8", "--batch-size", "4"))
+        assert "all-on-GPU" in out and "MISMATCH" not in out
+        return
+    proc = bench("bench_placement.py")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no CUDA GPU is visible here" in proc.stderr and "--device cpu" in proc.stderr
+    assert proc.stdout == ""
