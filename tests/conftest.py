@@ -30,8 +30,9 @@ LAUNCHERS = {
 def versions_env() -> dict[str, str]:
     """scripts/versions.env as scripts/setup.sh and the Dockerfile read it: sourced by bash (quotes and all)."""
     names = re.findall(r"^([A-Za-z_]\w*)=", (ROOT / "scripts" / "versions.env").read_text(), re.M)
-    out = subprocess.run(["bash", "-c", '. scripts/versions.env; for k in "$@"; do printf "%s=%s\\0" "$k" "${!k}"; done',
-                          "versions.env", *names], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    script = '. scripts/versions.env; for k in "$@"; do printf "%s=%s\\0" "$k" "${!k}"; done'
+    out = subprocess.run(["bash", "-c", script, "versions.env", *names], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
     return dict(item.split("=", 1) for item in out.split("\0") if item)
 
 
