@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hvdgan.config import TrainConfig  # noqa: E402
+from hvdgan.config import DataFacts, World, build as build_config, resolve  # noqa: E402
 from hvdgan.data import to_float  # noqa: E402
 from hvdgan.gan import GAN  # noqa: E402
 from hvdgan.models import Discriminator, Generator  # noqa: E402
@@ -67,14 +67,13 @@ def build(spec: str | None, args, hvd, amp: bool | None, channels_last: bool | N
     else:
         place(G, devices["G"])
         place(D, devices["D"])
-    on_cuda = any(d.type == "cuda" for net in devices.values() for d in net.values())
-    cfg = TrainConfig(data="-", nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch_size,
-                      amp=on_cuda if amp is None else amp,
-                      channels_last=on_cuda if channels_last is None else channels_last).validate()
+    cfg = resolve(build_config(dict(data="-", nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch_size,
+                                    device=args.device, placement=spec, amp=amp, channels_last=channels_last)),
+                  World(), DataFacts(channels=3, image_size=args.size, batches_per_epoch=1))
     if cfg.channels_last:
         G.to(memory_format=torch.channels_last)
         D.to(memory_format=torch.channels_last)
-    return GAN(G, D, cfg, hvd, 1, ema=True), devices
+    return GAN(G, D, cfg.gan, hvd), devices, cfg.channels_last
 
 
 def sync() -> None:
@@ -83,9 +82,9 @@ def sync() -> None:
             torch.cuda.synchronize(i)
 
 
-def step(gan: GAN, images: torch.Tensor, z: torch.Tensor) -> None:
+def step(gan: GAN, images: torch.Tensor, z: torch.Tensor, channels_last: bool) -> None:
     real = to_float(images, gan.real_device)
-    if gan.cfg.channels_last:
+    if channels_last:
         real = real.contiguous(memory_format=torch.channels_last)
     gan.step(real, z.to(gan.noise_device, non_blocking=True))
 
@@ -103,18 +102,18 @@ def time_placements(args, hvd) -> dict:
     specs = placements(args.device)
     gans = {spec: build(spec, args, hvd, None, None) for spec in specs}
     images, z = batches(args, args.steps)
-    for gan, _ in gans.values():  # warm-up: cuDNN autotuning, allocator, first-call costs
+    for gan, _, layout in gans.values():  # warm-up: cuDNN autotuning, allocator, first-call costs
         for i in range(args.warmup):
-            step(gan, images[i % args.steps], z[i % args.steps])
+            step(gan, images[i % args.steps], z[i % args.steps], layout)
     sync()
     times = {spec: [] for spec in specs}
     for r in range(args.rounds):
         for spec in specs[r % len(specs):] + specs[:r % len(specs)]:
-            gan = gans[spec][0]
+            gan, _, layout = gans[spec]
             sync()
             t0 = time.perf_counter()
             for i in range(args.steps):
-                step(gan, images[i], z[i])
+                step(gan, images[i], z[i], layout)
             gan.pop_bad_step()  # one device sync, as at a log step
             sync()
             times[spec].append((time.perf_counter() - t0) / args.steps)
@@ -140,12 +139,12 @@ def check(args, hvd) -> dict:
     results = {}
 
     def train(spec):
-        gan, _ = build(spec, args, hvd, amp=False, channels_last=False)
+        gan, _, _ = build(spec, args, hvd, amp=False, channels_last=False)
         start = flat_params(gan)
-        step(gan, images[0], z[0])
-        first = gan.pop_stats()[0].double().cpu()[:2]  # loss_d, loss_g of the first step
+        step(gan, images[0], z[0], False)
+        first = torch.tensor([gan.stats.sum("loss_d"), gan.stats.sum("loss_g")], dtype=torch.float64)  # first step's
         for i in range(1, args.check_steps):
-            step(gan, images[i], z[i])
+            step(gan, images[i], z[i], False)
         sync()
         return start, first, flat_params(gan)
 

@@ -103,14 +103,14 @@ def plain_worker(args) -> dict:
 def hvdgan_worker(args) -> dict:
     """hvdgan's Trainer (reader, GAN step, metrics) with the same model and batch."""
 
-    from hvdgan.config import TrainConfig
+    from hvdgan.config import build
     from hvdgan.metrics import read_metrics
     from hvdgan.train import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench-hvdgan-"))
-    cfg = TrainConfig(data=args.data, out=str(out), nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch,
-                      max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
-                      checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu").validate()
+    cfg = build(dict(data=args.data, out=str(out), nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch,
+                     max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
+                     checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu"))
     trainer = Trainer(cfg)
     trainer.run()
     if trainer.rank != 0:

@@ -120,12 +120,11 @@ def _load_job(ctx, param, value):
     return value
 
 
-def _resolve_config(ctx, values: dict):
+def _config(ctx, values: dict):
     """Merge options over the job file over the defaults; errors name where the bad value came from."""
     from click.core import ParameterSource
-    from .config import TrainConfig
+    from .config import build
 
-    given = {k: v for k, v in values.items() if v is not None}
     job = ctx.meta.get("hvdgan.job")
 
     def where(key):
@@ -136,7 +135,7 @@ def _resolve_config(ctx, values: dict):
             return f"HVDGAN_{ctx.info_name.upper()}_{key.upper()}"
         return "--" + key.replace("_", "-")
 
-    return TrainConfig(**given).validate(where)
+    return build(values, where)
 
 
 @main.command()
@@ -153,7 +152,7 @@ def train(ctx, **values):
     """
     from .train import train as run_training
 
-    result = run_training(_resolve_config(ctx, values))
+    result = run_training(_config(ctx, values))
     if result.get("status") == "preempted":
         click.echo(f"preempted at step {result.get('step')}: resume with --resume auto", err=True)
 

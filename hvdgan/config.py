@@ -1,16 +1,24 @@
-"""Run configuration: one dataclass, loaded from job files (YAML), HVDGAN_* variables and options.
+"""Run configuration: what the user asks for, then what the run uses.
 
+`TrainConfig` holds the options, loaded from job files (YAML), HVDGAN_* variables and options.
 Precedence, lowest first: the defaults below, the job file (`--job`), HVDGAN_TRAIN_* environment
-variables, command-line options (Click's default_map and auto_envvar_prefix do the layering).
+variables, command-line options (Click's default_map and auto_envvar_prefix do the layering); `build`
+makes and checks one, for the command line and for tests alike.
+
+`resolve(cfg, world, data)` then decides, once and before training starts, everything that depends on
+the devices, the data and the world: the networks' devices, precision (bf16 autocast, channels_last),
+threads, the image size, the learning rates scaled with the world size, and the number of steps. The
+result, `Resolved`, is frozen; each part of the run receives what it uses (`GANSettings` for the GAN).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -24,7 +32,7 @@ CHOICES = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # data and output
     data: str = ""  # dataset directory written by `hvdgan prepare`
@@ -109,11 +117,6 @@ class TrainConfig:
             bad("data", "no dataset directory given (--data DIR, or `data:` in the job file)")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -202,8 +205,107 @@ def _check_type(path: Path, key: str, f: dataclasses.Field, value: Any) -> Any:
     return value
 
 
-def from_values(values: dict[str, Any], source: str = "options") -> TrainConfig:
-    unknown = set(values) - set(FIELDS)
+def build(values: dict[str, Any], where="options") -> TrainConfig:
+    """The one way to make a TrainConfig (the command line's, and the tests'): `values` over the
+    defaults (None: not given, the default stays), checked. `where` is a string or a function
+    key -> where the value came from (an option, an environment variable or a job file), named in errors."""
+    unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise HvdganError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}")
-    return TrainConfig(**values).validate(source)
+        name = where if isinstance(where, str) else "options"
+        raise HvdganError(f"{name}: unknown key(s) {', '.join(unknown)}")
+    return TrainConfig(**{k: v for k, v in values.items() if v is not None}).validate(where)
+
+
+# ------------------------------------------------------------------------------------ resolution
+@dataclass(frozen=True)
+class World:
+    """This rank's place in the Horovod world."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @classmethod
+    def from_horovod(cls) -> "World":
+        from .distributed import hvd
+
+        h = hvd()
+        return cls(h.rank(), h.size(), h.local_rank(), h.local_size())
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What the run needs to know of its dataset (the reader checked it: square, 32 or 64, >= 1 batch)."""
+
+    channels: int
+    image_size: int
+    batches_per_epoch: int  # per rank, for this world and batch size
+
+
+@dataclass(frozen=True)
+class GANSettings:
+    """What hvdgan.gan.GAN uses: losses, optimizers, Horovod options, G's EMA and precision."""
+
+    loss: str = "bce"
+    lr_g: float = 2e-4  # scaled with the world size (--lr-scaling)
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    d_steps: int = 1
+    ema: float = 0.999  # decay of G's moving average; 0: none on this rank
+    fp16_allreduce: bool = False
+    sync_bn: bool = False
+    amp: bool = False  # bf16 autocast of the CUDA ops (CPU ops are untouched)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resolved(TrainConfig):
+    """The configuration a run uses: the options with the defaults that depend on the devices, the data
+    and the world filled in (image_size, threads, amp, channels_last), and what follows from them."""
+
+    world: World
+    channels: int
+    batches_per_epoch: int
+    total_steps: int
+    devices: Mapping[str, Mapping[str, Any]]  # {"G": {block: torch.device}, "D": {...}}
+    gan: GANSettings
+
+    @property
+    def on_cuda(self) -> bool:
+        return any(d.type == "cuda" for blocks in self.devices.values() for d in blocks.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """For config.json and checkpoints: the options as used, the world, the devices, the steps."""
+        from .placement import describe
+
+        return {**{name: getattr(self, name) for name in FIELDS}, "world_size": self.world.size,
+                "devices": describe(self.devices), "channels": self.channels,
+                "batches_per_epoch": self.batches_per_epoch, "total_steps": self.total_steps,
+                "gan": dataclasses.asdict(self.gan)}
+
+
+LR_SCALE = {"none": lambda n: 1.0, "linear": float, "sqrt": math.sqrt}
+
+
+def resolve(cfg: TrainConfig, world: World, data: DataFacts) -> Resolved:
+    """Decide everything that depends on this rank's devices, the data and the world, once."""
+    from .placement import Placement, block_devices, default_device
+
+    if cfg.image_size and cfg.image_size != data.image_size:
+        raise HvdganError(f"--image-size {cfg.image_size} but {cfg.data} holds {data.image_size}x{data.image_size} "
+                          f"images (re-prepare it with --size {cfg.image_size})")
+    default = default_device(cfg.device, world.local_rank)
+    devices = block_devices(Placement.parse(cfg.placement), world.local_rank, world.local_size, default)
+    on_cuda = any(d.type == "cuda" for blocks in devices.values() for d in blocks.values())
+    amp = on_cuda and cfg.amp is not False  # autocast("cuda") changes CUDA ops only
+    scale = LR_SCALE[cfg.lr_scaling](world.size)
+    gan = GANSettings(loss=cfg.loss, lr_g=cfg.lr_g * scale, lr_d=cfg.lr_d * scale, betas=(cfg.beta1, cfg.beta2),
+                      d_steps=cfg.d_steps, ema=cfg.ema if world.rank == 0 else 0.0,  # rank 0 samples and saves it
+                      fp16_allreduce=cfg.fp16_allreduce, sync_bn=cfg.sync_bn, amp=amp)
+    options = dataclasses.asdict(cfg)
+    options.update(image_size=data.image_size, amp=amp,
+                   channels_last=on_cuda if cfg.channels_last is None else cfg.channels_last,
+                   threads=cfg.threads or max(1, (os.cpu_count() or 1) // world.local_size))
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * data.batches_per_epoch // cfg.d_steps
+    return Resolved(**options, world=world, channels=data.channels, batches_per_epoch=data.batches_per_epoch,
+                    total_steps=total, devices=devices, gan=gan)

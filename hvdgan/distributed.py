@@ -64,14 +64,6 @@ def check_world(size: int, env=os.environ) -> None:
         )
 
 
-def rank() -> int:
-    return hvd().rank()
-
-
-def size() -> int:
-    return hvd().size()
-
-
 def is_root() -> bool:
     return hvd().rank() == 0
 

@@ -12,7 +12,6 @@ The Horovod lines are marked `# hvd:`. Everything else is plain PyTorch.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 
 import torch
@@ -20,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .config import TrainConfig
+from .config import GANSettings
+from .stats import Stats
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -73,10 +73,6 @@ def ema_with_warmup(decay: float):
     return update
 
 
-def lr_scale(kind: str, world_size: int) -> float:
-    return {"none": 1.0, "linear": float(world_size), "sqrt": math.sqrt(world_size)}[kind]
-
-
 def first_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -89,41 +85,34 @@ def last_device(model: nn.Module) -> torch.device:
 class GAN:
     """G, D, their Horovod optimizers and G's EMA; `step(real)` is one iteration of the loop."""
 
-    # order of the values in `stats` (summed on the loss device; averaged over ranks at log time)
-    STATS = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_after", "g_steps")
+    # the statistics of a log window (summed on the loss device; averaged over ranks at log time)
+    STATS = ("loss_d", "d_real", "d_fake", "loss_g", "d_fake_after", "time_compute", "time_allreduce_wait")
 
-    def __init__(self, G: nn.Module, D: nn.Module, cfg: TrainConfig, hvd, world_size: int = 1, ema: bool = True):
-        self.G, self.D, self.cfg, self.hvd = G, D, cfg, hvd
-        if cfg.sync_bn:  # hvd: BatchNorm statistics over all ranks
+    def __init__(self, G: nn.Module, D: nn.Module, settings: GANSettings, hvd):
+        self.G, self.D, self.settings, self.hvd = G, D, settings, hvd
+        if settings.sync_bn:  # hvd: BatchNorm statistics over all ranks
             from . import syncbn
 
             counter = [0]
             syncbn.convert(G, counter)
             syncbn.convert(D, counter)
-        scale = lr_scale(cfg.lr_scaling, world_size)
-        betas = (cfg.beta1, cfg.beta2)
-        self.lr_g, self.lr_d = cfg.lr_g * scale, cfg.lr_d * scale
         fused_g = all(p.is_cuda for p in G.parameters())
         fused_d = all(p.is_cuda for p in D.parameters())
-        opt_g = torch.optim.Adam(G.parameters(), lr=self.lr_g, betas=betas, fused=fused_g or None)
-        opt_d = torch.optim.Adam(D.parameters(), lr=self.lr_d, betas=betas, fused=fused_d or None)
-        compression = hvd.Compression.fp16 if cfg.fp16_allreduce else hvd.Compression.none
+        opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=settings.betas, fused=fused_g or None)
+        opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=settings.betas, fused=fused_d or None)
+        compression = hvd.Compression.fp16 if settings.fp16_allreduce else hvd.Compression.none
         # hvd: both optimizers all-reduce their gradients; distinct name prefixes keep G's and D's apart
         self.opt_g = hvd.DistributedOptimizer(opt_g, named_parameters=[("G." + n, p) for n, p in G.named_parameters()],
                                               compression=compression)
         self.opt_d = hvd.DistributedOptimizer(opt_d, named_parameters=[("D." + n, p) for n, p in D.named_parameters()],
                                               compression=compression)
         self.broadcast()
-        self.ema = (AveragedModel(G, multi_avg_fn=ema_with_warmup(cfg.ema), use_buffers=True)
-                    if cfg.ema > 0 and ema else None)
+        self.ema = (AveragedModel(G, multi_avg_fn=ema_with_warmup(settings.ema), use_buffers=True)
+                    if settings.ema > 0 else None)
         self.noise_device = first_device(G)
         self.real_device = first_device(D)
         self.loss_device = last_device(D)
-        self.stats = torch.zeros(len(self.STATS), device=self.loss_device)
-        self.stat_steps = 0
-        self.timers = {"compute": 0.0, "allreduce_wait": 0.0}
-        # bf16 autocast for the CUDA ops (CPU ops are untouched), wherever the blocks are placed
-        self.amp = bool(cfg.amp) and any(p.is_cuda for p in (*G.parameters(), *D.parameters()))
+        self.stats = Stats(self.STATS, self.loss_device)
         self.d_updates = 0
         self.bad_step = torch.zeros((), dtype=torch.float64, device=self.loss_device)  # first non-finite step
 
@@ -145,20 +134,20 @@ class GAN:
         return torch.randn(n, self.G.nz, 1, 1, device=self.noise_device, generator=generator)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.settings.amp else contextlib.nullcontext()
 
     def step(self, real: torch.Tensor, z: torch.Tensor, step: int = 0) -> bool:
         """One D update on `real`; a G update too on every `d_steps`-th call (returns whether G stepped).
         `step` is the G step this belongs to, remembered if a loss is not finite (checked at log time,
         without a device sync here)."""
-        cfg, t0 = self.cfg, time.perf_counter()
+        settings, stats, t0 = self.settings, self.stats, time.perf_counter()
         # 1. fakes from noise
         with self.autocast():
             fake = self.G(z)
             # 2. D on real and (detached) fake images
             real_logits = self.D(real).float()
             fake_logits = self.D(fake.detach()).float()
-            loss_d = d_loss(cfg.loss, real_logits, fake_logits)
+            loss_d = d_loss(settings.loss, real_logits, fake_logits)
         # 3. D's update: backward starts D's allreduces (hvd hooks), step() waits for them
         self.opt_d.zero_grad()  # (set_to_none, the torch default)
         loss_d.backward()
@@ -166,17 +155,18 @@ class GAN:
         self.opt_d.step()  # hvd: synchronize D's gradients, then Adam
         t2 = time.perf_counter()
         self.d_updates += 1
-        g_stepped = self.d_updates % cfg.d_steps == 0
+        g_stepped = self.d_updates % settings.d_steps == 0
         with torch.no_grad():
-            stats = [loss_d.detach(), torch.zeros((), device=self.loss_device),
-                     torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean(),
-                     torch.zeros((), device=self.loss_device), torch.zeros((), device=self.loss_device)]
+            stats.add("loss_d", loss_d)
+            stats.add("d_real", torch.sigmoid(real_logits).mean())
+            stats.add("d_fake", torch.sigmoid(fake_logits).mean())
+            losses = [loss_d]
         t3 = t4 = t2
         if g_stepped:
             # 4. G's loss through D, D frozen: only G's gradients are computed and all-reduced
             with frozen(self.D), self.autocast():
                 gen_logits = self.D(fake).float()
-                loss_g = g_loss(cfg.loss, gen_logits)
+                loss_g = g_loss(settings.loss, gen_logits)
             self.opt_g.zero_grad()  # (set_to_none, the torch default)
             loss_g.backward()
             t3 = time.perf_counter()
@@ -186,17 +176,14 @@ class GAN:
             if self.ema is not None:
                 self.ema.update_parameters(self.G)
             with torch.no_grad():
-                stats[1] = loss_g.detach()
-                stats[4] = torch.sigmoid(gen_logits).mean()
-                stats[5] = torch.ones((), device=self.loss_device)
-        with torch.no_grad():
-            stats = torch.stack(stats)
-            self.stats += stats
-            bad = ~torch.isfinite(stats[:2]).all() & (self.bad_step == 0)
+                stats.add("loss_g", loss_g)
+                stats.add("d_fake_after", torch.sigmoid(gen_logits).mean())
+                losses.append(loss_g)
+        with torch.no_grad():  # remember the first step whose loss is not finite (no device sync here)
+            bad = ~torch.isfinite(torch.stack(losses)).all() & (self.bad_step == 0)
             self.bad_step.copy_(torch.where(bad, torch.full_like(self.bad_step, step), self.bad_step))
-        self.stat_steps += 1
-        self.timers["compute"] += (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4)
-        self.timers["allreduce_wait"] += (t2 - t1) + (t4 - t3)
+        stats.add("time_compute", (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4))
+        stats.add("time_allreduce_wait", (t2 - t1) + (t4 - t3))
         return g_stepped
 
     def pop_bad_step(self) -> float:
@@ -213,7 +200,7 @@ class GAN:
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
-        for opt, key, lr in ((self.opt_g, "opt_g", self.lr_g), (self.opt_d, "opt_d", self.lr_d)):
+        for opt, key, lr in ((self.opt_g, "opt_g", self.settings.lr_g), (self.opt_d, "opt_d", self.settings.lr_d)):
             opt.load_state_dict(state[key])
             for group in opt.param_groups:  # the configuration, not the checkpoint, sets the learning rate
                 group["lr"] = lr
@@ -225,12 +212,3 @@ class GAN:
 
     def sample_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.G
-
-    def pop_stats(self, reset: bool = True) -> tuple[torch.Tensor, int, dict]:
-        """The summed stats since the last reset, how many steps they cover, and the timers."""
-        stats, n, timers = self.stats.clone(), self.stat_steps, dict(self.timers)
-        if reset:
-            self.stats.zero_()
-            self.stat_steps = 0
-            self.timers = {k: 0.0 for k in self.timers}
-        return stats, n, timers

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import time
@@ -15,13 +14,13 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .config import TrainConfig
+from .config import DataFacts, Resolved, TrainConfig, World, resolve
 from .data import ShardedReader, to_float
 from .errors import HvdganError
 from .gan import GAN
 from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
-from .models import Discriminator, Generator, architecture, check_image_size
-from .placement import Placement, block_devices, default_device, describe, place
+from .models import Discriminator, Generator, architecture
+from .placement import describe, place
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
@@ -66,52 +65,39 @@ def set_rng_state(gen: torch.Generator, state: dict) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def __init__(self, options: TrainConfig):
         dist.init()
         self.hvd = hvd = dist.hvd()
-        self.rank, self.size = hvd.rank(), hvd.size()
-        self.root = self.rank == 0
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+        world = World.from_horovod()
+        # data: this rank's shards (the reader checks the dataset and the batch size against it, naming the
+        # file; the same on every rank)
+        self.reader = ShardedReader(options.data, rank=world.rank, size=world.size, batch_size=options.batch_size,
+                                    seed=options.seed, in_memory=options.in_memory)
+        m = self.reader.manifest
+        # everything that depends on the devices, the data and the world, decided once
+        self.cfg: Resolved = resolve(options, world, DataFacts(m.channels, m.height, self.reader.batches_per_epoch))
+        cfg = self.cfg
+        self.rank, self.size, self.root = world.rank, world.size, world.rank == 0
+        torch.set_num_threads(cfg.threads)
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
 
-        # data: this rank's shards (errors name the file; the same on every rank)
-        self.reader = ShardedReader(cfg.data, rank=self.rank, size=self.size, batch_size=cfg.batch_size,
-                                    seed=cfg.seed, in_memory=cfg.in_memory)
-        m = self.reader.manifest
-        if m.height != m.width:
-            raise HvdganError(f"{cfg.data}: images are {m.height}x{m.width}; DCGAN takes square 32x32 or 64x64")
-        check_image_size(m.height, f"{cfg.data}: image size")
-        if cfg.image_size and cfg.image_size != m.height:
-            raise HvdganError(f"--image-size {cfg.image_size} but {cfg.data} holds {m.height}x{m.width} images "
-                              f"(re-prepare it with --size {cfg.image_size})")
-        if self.reader.batches_per_epoch < 1:
-            raise HvdganError(f"{cfg.data}: fewer than --batch-size {cfg.batch_size} images per rank; "
-                              "lower the batch size or use fewer ranks")
-
         # models, placed on this rank's devices
         torch.manual_seed(cfg.seed)
-        dev = default_device(cfg.device, hvd.local_rank())
-        self.devices = block_devices(Placement.parse(cfg.placement), hvd.local_rank(), hvd.local_size(), dev)
-        G = place(Generator(cfg.nz, cfg.ngf, m.channels, m.height), self.devices["G"])
-        D = place(Discriminator(cfg.ndf, m.channels, m.height, cfg.spectral_norm), self.devices["D"])
-        on_cuda = any(d.type == "cuda" for net in self.devices.values() for d in net.values())
-        cfg.amp = on_cuda if cfg.amp is None else cfg.amp
-        cfg.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
+        G = place(Generator(cfg.nz, cfg.ngf, cfg.channels, cfg.image_size), cfg.devices["G"])
+        D = place(Discriminator(cfg.ndf, cfg.channels, cfg.image_size, cfg.spectral_norm), cfg.devices["D"])
         if cfg.channels_last:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
-        if on_cuda:
+        if cfg.on_cuda:
             torch.backends.cudnn.benchmark = True
         self.arch = {"G": architecture(G), "D": architecture(D)}
-        self.gan = GAN(G, D, cfg, hvd, self.size, ema=self.root)  # only rank 0 samples and saves the EMA
+        self.gan = GAN(G, D, cfg.gan, hvd)
         self.real_device = self.gan.real_device
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
         self.last_checkpoint = None  # rank 0's newest good checkpoint (named when a run stops on NaN)
-        self.total_steps = (cfg.max_steps if cfg.max_steps is not None
-                            else cfg.epochs * self.reader.batches_per_epoch // cfg.d_steps)
+        self.total_steps = cfg.total_steps
         self._resume()
 
     # ---------------------------------------------------------------------------- resume / checkpoint
@@ -172,13 +158,12 @@ class Trainer:
         preempt = Preemption()
         if self.root:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(
-                {**cfg.to_dict(), "world_size": self.size, "devices": describe(self.devices)}, indent=2))
+            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
             self.runlog = RunLog(self.out, cfg.tensorboard, resume_step=self.step)
             self.fixed_noise = torch.randn(64, cfg.nz, 1, 1, generator=torch.Generator().manual_seed(cfg.seed))
             self.real_stats = gaussian(features8(to_float(self._real_sample(), "cpu")))
             log.info("training %d steps on %d rank(s), batch %d per rank, %s; out: %s", self.total_steps,
-                     self.size, cfg.batch_size, describe(self.devices), self.out)
+                     self.size, cfg.batch_size, describe(cfg.devices), self.out)
             if self.step == 0:
                 self.sample()
         bar = None
@@ -243,33 +228,27 @@ class Trainer:
         return result
 
     def sync(self, t_data: float, elapsed: float, steps: int, signum: int, log_it: bool, bar=None) -> dict:
-        """One small allgather: losses and timings for the log, plus the preemption flag and the first
-        non-finite step of every rank, so that all ranks stop (or go on) together."""
-        stats, n, timers = self.gan.pop_stats(reset=log_it)
-        local = torch.cat([stats.double().cpu(), torch.tensor(
-            [n, t_data, timers["compute"], timers["allreduce_wait"], float(signum), self.gan.pop_bad_step()],
-            dtype=torch.float64)])
-        every = self.hvd.allgather(local.unsqueeze(0), name="hvdgan.sync")  # hvd: [ranks, values]
-        k = len(self.gan.STATS)
-        bad = [int(b) for b in every[:, k + 5].tolist() if b > 0]
+        """One small allgather: the GAN's statistics and the data time for the log, plus the preemption
+        flag and the first non-finite step of every rank, so that all ranks stop (or go on) together."""
+        stats = self.gan.stats
+        local = stats.pack(time_data=t_data, signum=float(signum), bad_step=self.gan.pop_bad_step())
+        every = stats.unpack(self.hvd.allgather(local.unsqueeze(0), name="hvdgan.sync"))  # hvd: [ranks, values]
+        if log_it:  # (a checkpoint-only sync leaves the log window running)
+            stats.reset()
+        bad = [int(b) for b in every["bad_step"].tolist() if b > 0]
         if bad:
             good = f"; last good checkpoint: {self.last_checkpoint}" if self.root else ""
             raise HvdganError(f"loss became NaN or infinite at step {min(bad)}: stopped{good}. Lower the learning "
                               "rates, or try --loss hinge / --spectral-norm")
         if log_it:
-            total = every[:, :k].sum(0)
-            n_all = every[:, k].sum().item()
-            g_all = max(total[k - 1].item(), 1.0)
+            per_step = max(steps, 1)
             record = {
                 "step": self.step, "epoch": self.epoch,
-                "loss_d": total[0].item() / n_all, "loss_g": total[1].item() / g_all,
-                "d_real": total[2].item() / n_all, "d_fake": total[3].item() / n_all,
-                "d_fake_after": total[4].item() / g_all,
+                **{name: every.mean(name) for name in ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_after")},
                 "images_per_s": steps * self.cfg.d_steps * self.cfg.batch_size * self.size / max(elapsed, 1e-9),
-                "time_data": every[:, k + 1].mean().item() / max(steps, 1),
-                "time_compute": every[:, k + 2].mean().item() / max(steps, 1),
-                "time_allreduce_wait": every[:, k + 3].mean().item() / max(steps, 1),
-                "time_step": elapsed / max(steps, 1),
+                **{name: every[name].mean().item() / per_step
+                   for name in ("time_data", "time_compute", "time_allreduce_wait")},
+                "time_step": elapsed / per_step,
             }
             if self.root:
                 self.runlog.write(record)
@@ -280,7 +259,7 @@ class Trainer:
                     bar.set_postfix_str(line.split(" | ", 1)[1], refresh=False)
                 else:
                     log.info(line)
-        return {"preempted": int(every[:, k + 4].max().item())}
+        return {"preempted": int(every["signum"].max().item())}
 
     def sample(self) -> None:
         """Rank 0: the fixed-noise grid from G's EMA, and the 8x8 Frechet distance to the real data."""

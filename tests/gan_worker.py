@@ -15,7 +15,7 @@ import horovod.torch as hvd
 import horovod.torch.optimizer as hvd_optimizer
 
 from hvdgan import distributed as dist
-from hvdgan.config import TrainConfig
+from hvdgan.config import DataFacts, World, build, resolve
 from hvdgan.gan import GAN
 from hvdgan.models import Discriminator, Generator
 
@@ -23,6 +23,12 @@ from hvdgan.models import Discriminator, Generator
 def flat(*models) -> torch.Tensor:
     return torch.cat([t.detach().double().flatten().cpu() for m in models for t in m.state_dict().values()
                       if t.is_floating_point()])
+
+
+def settings(values, channels):
+    """The configuration of a GAN built here on the CPU, resolved as the trainer resolves its own."""
+    return resolve(build({"data": "-", "device": "cpu", **values}), World.from_horovod(),
+                   DataFacts(channels=channels, image_size=32, batches_per_epoch=1))
 
 
 def train(data, out, *opts):
@@ -33,7 +39,7 @@ def train(data, out, *opts):
     for opt in opts:
         key, value = opt.split("=", 1)
         values[key] = json.loads(value)
-    trainer = Trainer(TrainConfig(**values).validate())
+    trainer = Trainer(build(values))
     trainer.run()
     # parameters (BatchNorm's running statistics are buffers: each rank's own, unless --sync-bn)
     mine = torch.cat([p.detach().double().flatten() for m in (trainer.gan.G, trainer.gan.D) for p in m.parameters()])
@@ -44,10 +50,10 @@ def train(data, out, *opts):
 
 def syncbn(out, per_rank, sync="1"):
     per_rank = int(per_rank)
-    cfg = TrainConfig(data="-", ngf=8, ndf=8, nz=16, sync_bn=sync == "1", ema=0.0).validate()
+    cfg = settings(dict(ngf=8, ndf=8, nz=16, sync_bn=sync == "1", ema=0.0), channels=1)
     torch.manual_seed(0)
     G, D = Generator(cfg.nz, cfg.ngf, 1, 32), Discriminator(cfg.ndf, 1, 32)
-    gan = GAN(G, D, cfg, hvd, hvd.size())
+    gan = GAN(G, D, cfg.gan, hvd)
     gen = torch.Generator().manual_seed(1)
     global_batch = per_rank * 2
     for _ in range(3):
@@ -72,9 +78,9 @@ def traffic(out, fp16="0"):
         return real_allreduce(tensor, *args, **kwargs)
 
     hvd_optimizer.allreduce_async_ = counting  # a spy: the real allreduce still runs
-    cfg = TrainConfig(data="-", ngf=16, ndf=16, fp16_allreduce=fp16 == "1").validate()
+    cfg = settings(dict(ngf=16, ndf=16, fp16_allreduce=fp16 == "1"), channels=3)
     G, D = Generator(cfg.nz, cfg.ngf, 3, 32), Discriminator(cfg.ndf, 3, 32)
-    gan = GAN(G, D, cfg, hvd, hvd.size())
+    gan = GAN(G, D, cfg.gan, hvd)
     gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.nz, 1, 1))
     counted["params_G"] = sum(p.numel() for p in G.parameters())
     counted["params_D"] = sum(p.numel() for p in D.parameters())

@@ -180,27 +180,27 @@ def test_the_shipped_job_files_are_there():
 
 @pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
 def test_job_file_loads_and_validates(path):
-    from hvdgan.config import from_values, load_job_file
+    from hvdgan.config import build, load_job_file
 
     values = load_job_file(path)
-    cfg = from_values(values, source=str(path))
+    cfg = build(values, str(path))
     assert cfg.data and cfg.out.startswith("runs/")
     # an override on top of the file (what a command-line option does) still validates
-    assert from_values({**values, "max_steps": 5}, source=str(path)).max_steps == 5
+    assert build({**values, "max_steps": 5}, str(path)).max_steps == 5
 
 
 def test_cifar10_dcgan64_is_the_seed_setting():
-    from hvdgan.config import from_values, load_job_file
+    from hvdgan.config import build, load_job_file
 
-    cfg = from_values(load_job_file(REPO / "jobs/cifar10-dcgan64.yaml"))
+    cfg = build(load_job_file(REPO / "jobs/cifar10-dcgan64.yaml"))
     assert (cfg.image_size, cfg.batch_size, cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.loss, cfg.epochs) == \
         (64, 64, 2e-4, 2e-4, 0.5, 0.999, "bce", 25)
     assert cfg.data == "data/cifar10-64"
 
 
 def test_digits_demo_is_small():
-    from hvdgan.config import from_values, load_job_file
+    from hvdgan.config import build, load_job_file
 
-    cfg = from_values(load_job_file(REPO / DEMO))
+    cfg = build(load_job_file(REPO / DEMO))
     assert (cfg.data, cfg.image_size) == ("data/digits", 32)
     assert cfg.max_steps and cfg.max_steps <= 2000 and cfg.checkpoint_every < cfg.max_steps

@@ -318,14 +318,14 @@ def test_two_ranks_with_a_placement_keep_identical_parameters(digits, tmp_path):
 RUNS = """
 import json, shutil, sys
 from hvdgan import distributed as dist
-from hvdgan.config import TrainConfig
+from hvdgan.config import build
 from hvdgan.train import Trainer
 dist.init()
 for run in json.loads(sys.argv[1]):
     if "copy" in run:
         shutil.copytree(*run["copy"])
     else:
-        Trainer(TrainConfig(**run).validate()).run()
+        Trainer(build(run)).run()
 """
 
 
