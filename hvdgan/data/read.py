@@ -313,22 +313,28 @@ class ShardedReader:
         else:
             yield from self._streamed(shards, windows, rows, shard_of, start_batch)
 
-    def _batch(self, labels_of: np.ndarray):
-        """An empty uint8 batch (torch) and the labels (torch int64, or None) of the images at global rows
-        `labels_of`."""
+    def _batches(self, rows: np.ndarray):
+        """new(b) -> (an empty uint8 batch, the labels of batch b or None) as torch tensors; the read paths fill
+        the batch."""
         import torch
 
-        m = self.manifest
-        images = torch.empty((self.batch_size, m.channels, m.height, m.width), dtype=torch.uint8)
-        return images, (torch.from_numpy(self._labels[labels_of]) if self._labels is not None else None)
+        m, labels = self.manifest, self._labels
+        shape = (self.batch_size, m.channels, m.height, m.width)
+
+        def new(b: int):
+            return (torch.empty(shape, dtype=torch.uint8),
+                    torch.from_numpy(labels[rows[b]]) if labels is not None else None)
+
+        return new
 
     # -- path 1: memory
     def _from_memory(self, shards, rows, shard_of, start_batch: int):
         """Batches gathered from the rank's shards held in memory (loaded whole, unless they are there already)."""
         self._memory(shards)
         mem, pos = self._mem, rows + self._mem_delta[shard_of]
+        batch = self._batches(rows)
         for b in range(start_batch, self.batches_per_epoch):
-            images, labels = self._batch(rows[b])
+            images, labels = batch(b)
             mem.take(pos[b], 0, images.numpy(), "clip")
             yield images, labels
 
@@ -353,8 +359,9 @@ class ShardedReader:
         for lo, hi in zip(starts[:-1], starts[1:]):
             b = lo // B
             runs[b].append((views[int(flat_s[lo])], flat_l[lo:hi], lo - b * B, hi - b * B))
+        batch = self._batches(rows)
         for b in range(start_batch, nb):
-            images, labels = self._batch(rows[b])
+            images, labels = batch(b)
             out = images.numpy()
             for view, idx, lo, hi in runs[b]:
                 view.take(idx, 0, out[lo:hi], "clip")
@@ -373,7 +380,7 @@ class ShardedReader:
         base[shards] = np.concatenate([[0], np.cumsum(self._counts[shards])[:-1]]) - self._offsets[shards]
         where = np.full(int(self._counts[shards].sum()), -1, dtype=np.int64)
         at = rows + base[shard_of]
-        loaded = -1
+        loaded, batch = -1, self._batches(rows)
         try:
             for b in range(start_batch, self.batches_per_epoch):
                 last = int(np.searchsorted(ends, (b + 1) * B - 1, side="right"))
@@ -386,7 +393,7 @@ class ShardedReader:
                         where[self._offsets[s] + base[s] + a:self._offsets[s] + base[s] + e] = np.arange(p, p + e - a)
                         p += e - a
                     loaded = w
-                images, labels = self._batch(rows[b])
+                images, labels = batch(b)
                 buf.take(where[at[b]], 0, images.numpy(), "clip")
                 yield images, labels
         finally:
