@@ -37,7 +37,7 @@ def synthetic(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     """Real-looking RGB images: scikit-learn's handwritten digits upscaled, coloured, shifted, with noise."""
     from sklearn.datasets import load_digits
 
-    from hvdgan.sources import fit
+    from hvdgan.data.images import fit
 
     d = load_digits()
     rng = np.random.default_rng(seed)

@@ -29,9 +29,17 @@ def init() -> None:
     check_world(h.size())
 
 
-# Set on every rank by the launchers that join ranks into one world: PMIx / PMI (srun --mpi=pmix|pmi2),
-# Open MPI (mpirun, horovodrun --mpi) and horovodrun --gloo.
-LAUNCHER_VARS = ("PMIX_RANK", "PMI_RANK", "PMI_FD", "OMPI_COMM_WORLD_SIZE", "HOROVOD_RANK")
+# The launchers that join ranks into one world, and the variables each sets on every rank: (rank, size).
+# The one list that both the srun guard (check_launch) and `prepare` (launcher_world) read. PMIx does not
+# export the size; srun sets SLURM_STEP_NUM_TASKS (SLURM_NTASKS) to it.
+LAUNCHERS = {
+    "horovodrun --gloo": ("HOROVOD_RANK", "HOROVOD_SIZE"),
+    "Open MPI (mpirun, horovodrun --mpi)": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+    "PMIx (srun --mpi=pmix)": ("PMIX_RANK", None),
+    "PMI-2 (srun --mpi=pmi2)": ("PMI_RANK", "PMI_SIZE"),
+}
+LAUNCHER_VARS = tuple(rank for rank, _ in LAUNCHERS.values())
+SLURM_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
 
 
 def check_launch(env=os.environ) -> None:
@@ -53,7 +61,7 @@ def check_world(size: int, env=os.environ) -> None:
     if not step_tasks or not step_tasks.isdigit():
         return
     expected = int(step_tasks)
-    launcher_size = env.get("OMPI_COMM_WORLD_SIZE") or env.get("HOROVOD_SIZE")
+    launcher_size = next((env[v] for _, v in LAUNCHERS.values() if v and env.get(v, "").isdigit()), None)
     if size > 1 and launcher_size and int(launcher_size) == size:
         return
     if size != expected:
@@ -62,6 +70,48 @@ def check_world(size: int, env=os.environ) -> None:
             f"size {size}: plain srun starts separate size-1 jobs. Launch with `srun --mpi=pmix` "
             "(check `srun --mpi=list`) or with mpirun/horovodrun inside the allocation."
         )
+
+
+def launcher_world(env=os.environ) -> tuple[bool, int, int]:
+    """(under a launcher?, rank, size) from the launcher's environment (LAUNCHERS), without initialising
+    Horovod: `prepare` decides from it whether to join a world."""
+    for rank_var, size_var in LAUNCHERS.values():
+        if rank_var in env:
+            size = env.get(size_var) if size_var else None
+            size = size or next((env[k] for k in SLURM_SIZE_VARS if env.get(k)), "1")
+            return True, int(env[rank_var]), int(size)
+    return False, 0, 1
+
+
+class Group:
+    """The ranks that meet for one job (`prepare`): Horovod's world under a launcher, a single process otherwise.
+    `name` tells the collectives apart from other jobs' (Horovod matches collectives by name)."""
+
+    def __init__(self, use_horovod: bool, name: str):
+        self.horovod, self.name = use_horovod, name
+        if use_horovod:
+            init()
+            self.h = hvd()
+            self.rank, self.size = self.h.rank(), self.h.size()
+        else:
+            self.h, self.rank, self.size = None, 0, 1
+
+    def gather(self, obj) -> list:
+        # an explicit name: Horovod's default is the object's type, which differs between a rank that
+        # sends None and one that sends an error message, and then the ranks never meet
+        return self.h.allgather_object(obj, name=self.name) if self.horovod and self.size > 1 else [obj]
+
+    def agree(self, error: str | None) -> None:
+        """A collective: if any rank failed, every rank raises (nobody is left waiting in the next collective)."""
+        errors = [e for e in self.gather(error) if e]
+        if errors:
+            raise HvdganError(errors[0] if len(set(errors)) == 1 else "; ".join(sorted(set(errors))))
+
+
+def launcher_local_size(env=os.environ) -> int:
+    """Ranks on this node, from the launcher's environment (1 when it does not say)."""
+    local = env.get("HOROVOD_LOCAL_SIZE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
+    return max(1, int(local) if local.isdigit() else 1)
 
 
 def is_root() -> bool:

@@ -16,9 +16,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hvdgan import data, sources
+from hvdgan import data
 from hvdgan.cli import main
-from hvdgan.data import ShardedReader, open_manifest, read_all, to_float, write_dataset
+from hvdgan.data import ShardedReader, open_manifest, read_all, sources, to_float, write_dataset
 from hvdgan.errors import HvdganError
 
 

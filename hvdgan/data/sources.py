@@ -1,6 +1,7 @@
 """Where `hvdgan prepare` reads images from: the CIFAR-10 python archive (or its extracted folder), a folder
 of images (class sub-folders become labels), .npy/.npz arrays, and the embedded `digits` demo set
-(scikit-learn's bundled 8x8 handwritten digits, 1,797 real images).
+(scikit-learn's bundled 8x8 handwritten digits, 1,797 real images); and in-memory arrays (ArraySource, for
+`write_dataset`).
 
 Every source is a small picklable description (paths and options, no open files, no data) with
     count, channels, height, width   after resizing / channel conversion
@@ -9,9 +10,7 @@ Every source is a small picklable description (paths and options, no open files,
 so that `prepare`'s worker processes and ranks each read (decode, resize) their own shards. Loaded
 arrays are cached per process.
 
-Resizing: images that are not square are centre-cropped to a square, then resized with PIL's bicubic
-filter (antialiased when shrinking). RGB -> grey uses ITU-R 601 luma (as PIL's convert("L")); grey ->
-RGB repeats the channel. The default size is the source's own when it is 32 or 64 (square), else 32.
+Resizing and channel conversion: hvdgan.data.images.
 """
 
 from __future__ import annotations
@@ -25,69 +24,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HvdganError
+from ..errors import HvdganError
+from .images import default_size, fit, square, to_nchw
 
-SIZES = (32, 64)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 
 
-# -------------------------------------------------------------------------------------- transforms
-def to_nchw(images: np.ndarray, what: str) -> np.ndarray:
-    """uint8 [N, H, W], [N, H, W, C] or [N, C, H, W] (C 1 or 3) -> [N, C, H, W]. Channels-last is assumed
-    when the last axis has 1 or 3 entries and the second has not."""
-    if images.dtype != np.uint8:
-        raise HvdganError(f"{what}: images have dtype {images.dtype}, expected uint8 (0..255); convert them first, "
-                          "e.g. (x * 255).round().clip(0, 255).astype('uint8')")
-    if images.ndim == 3:
-        return images[:, None]
-    if images.ndim == 4:
-        if images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
-            return images.transpose(0, 3, 1, 2)
-        if images.shape[1] in (1, 3):
-            return images
-        if images.shape[-1] in (1, 3):
-            return images.transpose(0, 3, 1, 2)
-    raise HvdganError(f"{what}: images have shape {images.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W] "
-                      "with C = 1 or 3")
-
-
-def default_size(height: int, width: int) -> int:
-    return height if height == width and height in SIZES else 32
-
-
-def _grey(rgb: np.ndarray) -> np.ndarray:
-    """[N, 3, H, W] -> [N, 1, H, W] with PIL's integer ITU-R 601 luma."""
-    r, g, b = (rgb[:, i].astype(np.uint32) for i in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)[:, None]
-
-
-def fit(images: np.ndarray, size: int, channels: int) -> np.ndarray:
-    """uint8 [N, C, H, W] -> uint8 [N, channels, size, size] (centre crop to square, bicubic resize)."""
-    if images.shape[1] != channels:
-        images = _grey(images) if channels == 1 else np.repeat(images, 3, axis=1)
-    n, c, h, w = images.shape
-    if (h, w) == (size, size):
-        return np.ascontiguousarray(images)
-    from PIL import Image
-
-    out = np.empty((n, c, size, size), dtype=np.uint8)
-    for j in range(n):
-        hwc = images[j].transpose(1, 2, 0)
-        im = Image.fromarray(hwc[:, :, 0] if c == 1 else np.ascontiguousarray(hwc), "L" if c == 1 else "RGB")
-        arr = np.asarray(_square(im).resize((size, size), Image.BICUBIC))
-        out[j] = arr[None] if c == 1 else arr.transpose(2, 0, 1)
-    return out
-
-
-def _square(im):
-    w, h = im.size
-    if w == h:
-        return im
-    s = min(w, h)
-    left, top = (w - s) // 2, (h - s) // 2
-    return im.crop((left, top, left + s, top + s))
+def checked_labels(labels, names, count: int, what: str) -> tuple[np.ndarray | None, list[str] | None]:
+    """A source's labels (integers >= 0, one per image) as int64, and their names (default: "0", "1", ...
+    up to the largest label); (None, None) for a source without labels."""
+    if labels is None:
+        if names is not None:
+            raise HvdganError(f"{what}: label names given without labels")
+        return None, None
+    labels = np.asarray(labels)
+    if labels.shape != (count,) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
+        raise HvdganError(f"{what}: labels have shape {labels.shape} and dtype {labels.dtype}; expected "
+                          f"({count},) integers >= 0")
+    labels = labels.astype(np.int64)
+    top = int(labels.max()) if labels.size else -1
+    if names is None:
+        names = range(top + 1)
+    elif len(names) <= top:
+        raise HvdganError(f"{what}: {len(names)} label names but labels go up to {top}")
+    return labels, [str(n) for n in names]
 
 
 class _Source:
@@ -275,19 +237,7 @@ def _npy(path: str, _stamp):
     except (ValueError, OSError, EOFError) as exc:
         raise HvdganError(f"{p}: not a readable {p.suffix} file ({exc})") from None
     images = to_nchw(images, str(p))
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.shape != (len(images),) or labels.dtype.kind not in "iu" or (labels.size and labels.min() < 0):
-            raise HvdganError(f"{p}: labels have shape {labels.shape} and dtype {labels.dtype}; expected "
-                              f"({len(images)},) integers >= 0")
-        labels = labels.astype(np.int64)
-        top = int(labels.max()) if labels.size else -1
-        if names is None:
-            names = [str(c) for c in range(top + 1)]
-        elif len(names) <= top:
-            raise HvdganError(f"{p}: {len(names)} label_names but labels go up to {top}")
-    elif names is not None:
-        raise HvdganError(f"{p}: label_names without labels")
+    labels, names = checked_labels(labels, names, len(images), str(p))
     return images, labels, names
 
 
@@ -306,6 +256,28 @@ class ArrayFileSource(_Source):
     def _arrays(self):
         images, labels, _ = _npy(str(self.path), _stamp(self.path))
         return images, labels
+
+
+class ArraySource:
+    """In-memory images (uint8 [N, C, H, W]) and optional labels, as a source for the writer."""
+
+    portable = False  # workers get slices, not the whole array
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None, label_names=None, name="arrays"):
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise HvdganError(f"{name}: images have dtype {images.dtype}, expected uint8 (0..255)")
+        if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] < 1:
+            raise HvdganError(f"{name}: images have shape {images.shape}, expected [N, C, H, W] with C 1 or 3 and N >= 1")
+        self.images, self.name = images, name
+        self.count, self.channels, self.height, self.width = images.shape
+        self.labels, self.label_names = checked_labels(labels, label_names, self.count, name)
+
+    def describe(self) -> str:
+        return self.name
+
+    def read(self, idx: np.ndarray):
+        return self.images[idx], (self.labels[idx] if self.labels is not None else None)
 
 
 # ------------------------------------------------------------------------------------- image folder
@@ -364,7 +336,7 @@ class ImageFolderSource(_Source):
             path = os.path.join(self.root, self.files[i])
             try:
                 with Image.open(path) as im:
-                    im = _square(im.convert("L" if c == 1 else "RGB"))
+                    im = square(im.convert("L" if c == 1 else "RGB"))
                     if im.size != (s, s):
                         im = im.resize((s, s), Image.BICUBIC)
                     arr = np.asarray(im)

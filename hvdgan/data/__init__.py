@@ -1,0 +1,27 @@
+"""Sharded HDF5 datasets: one module a job (docs/data-format.md writes the format down).
+
+    format     the format: constants, shard names, chunking, the manifest, shard-against-manifest checks
+    sources    what `prepare` reads: CIFAR-10, image folders, .npy/.npz, the digits demo, in-memory arrays
+    images     the sources' transforms (to NCHW, channel conversion, crop and resize)
+    write      the writer: `hvdgan prepare`, write_dataset (workers; every rank under a launcher)
+    check      `hvdgan data check` and read_all (every image back in source order)
+    read       the rank-aware ShardedReader (memory, mapped and streamed read paths)
+    tensors    the torch side: to_float
+
+Nothing here imports torch or Horovod at import time: `prepare`'s worker processes import this package
+and need only numpy and h5py. h5py files are opened lazily, in the process that reads them, never before
+a fork. The names below are the package's public interface.
+"""
+
+from .check import check_dataset, read_all
+from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, MANIFEST, SHUFFLE_WINDOW, VERSION, Manifest, ShardRecord,
+                     chunk_rows_for, open_manifest, sha256_file, shard_name)
+from .read import ShardedReader
+from .sources import ArraySource, open_source
+from .tensors import to_float
+from .write import plan_shards, prepare, write_dataset, write_source
+
+__all__ = ["ArraySource", "COMPRESSIONS", "DEFAULT_SHARDS", "FORMAT", "MANIFEST", "Manifest", "SHUFFLE_WINDOW",
+           "ShardRecord", "ShardedReader", "VERSION", "check_dataset", "chunk_rows_for", "open_manifest",
+           "open_source", "plan_shards", "prepare", "read_all", "sha256_file", "shard_name", "to_float",
+           "write_dataset", "write_source"]
