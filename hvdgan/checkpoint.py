@@ -3,25 +3,43 @@
 A checkpoint holds G, D, G's EMA, both optimizers, the step/epoch/data position, every rank's RNG
 states, the configuration and the architectures. Tensors are saved on the CPU, so a checkpoint does
 not depend on where the networks were placed.
+
+Safety:
+- files are written to a temporary file, fsync'd and renamed, with the umask's permissions (a group
+  project directory can share them); leftover temporary files of a crashed write are removed;
+- they are read with `torch.load(weights_only=True)`: a file that holds code is refused, never run;
+- nothing non-finite is written (`check_finite`);
+- `--resume auto` takes the newest readable checkpoint and says which unreadable ones it skipped.
 """
 
 from __future__ import annotations
 
+import io
+import logging
+import math
 import os
+import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
 from .errors import HvdganError
 
+log = logging.getLogger("hvdgan")
 NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+TMP = re.compile(r"^\.ckpt-\d{8}\.pt\..*\.tmp$")
 
 
 def path_for(directory: Path, step: int) -> Path:
     return Path(directory) / f"ckpt-{step:08d}.pt"
+
+
+def step_of(path: Path) -> int | None:
+    m = NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
 
 
 def to_cpu(obj: Any) -> Any:
@@ -34,19 +52,55 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
-def save(state: dict, directory: Path, step: int, keep: int) -> Path:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def first_non_finite(obj: Any, where: str = "") -> str | None:
+    """The key path of the first floating-point tensor (or float) in `obj` holding NaN or inf, else None."""
+    if torch.is_tensor(obj):
+        if obj.is_floating_point() and not torch.isfinite(obj).all():
+            return where or "tensor"
+        return None
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where
+    if isinstance(obj, dict):
+        items: Iterable = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = first_non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def save(state: dict, directory: Path, step: int, keep: int, protect: Iterable[Path] = ()) -> Path:
     """Write `state` as ckpt-<step>.pt: temporary file, fsync, rename, fsync the directory; then keep
-    only the newest `keep` checkpoints. A crash at any point leaves the previous checkpoints intact."""
+    only the newest `keep` checkpoints (never one in `protect`, e.g. the one this run resumed from).
+    A crash or a full disk at any point leaves the previous checkpoints intact; the error names the
+    file and the cause."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = path_for(directory, step)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
     try:
+        buf = io.BytesIO()  # serialise first: torch's zip writer turns a full disk into an opaque RuntimeError
+        torch.save(to_cpu(state), buf)
         with os.fdopen(fd, "wb") as f:
-            torch.save(to_cpu(state), f)
+            f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; checkpoints follow the umask like any file
         os.replace(tmp, final)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise HvdganError(f"{final}: could not write the checkpoint ({exc.strerror or exc}); "
+                          "the previous checkpoints are intact") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -55,9 +109,22 @@ def save(state: dict, directory: Path, step: int, keep: int) -> Path:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    keep_safe = {Path(p).resolve() for p in protect}
     for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
+        if old.resolve() not in keep_safe:
+            old.unlink(missing_ok=True)
     return final
+
+
+def remove_temporaries(directory: Path) -> list[Path]:
+    """Remove the temporary files a crashed or interrupted write left behind; returns them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if TMP.match(p.name)]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
@@ -69,11 +136,17 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load(path: Path) -> dict:
+    """Read a checkpoint with weights_only=True: tensors and plain Python values only, so a file that
+    carries code (a pickled object with __reduce__) is refused and its code never runs."""
     path = Path(path)
     if not path.is_file():
         raise HvdganError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HvdganError(f"{path}: refused: the file holds more than tensors and plain values, and is loaded "
+                          f"with weights_only=True so that no code in it runs ({first[:200]})") from None
     except Exception as exc:
         raise HvdganError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "G" not in state or "arch" not in state:
@@ -81,8 +154,29 @@ def load(path: Path) -> dict:
     return state
 
 
+def newest_readable(directory: Path) -> tuple[Path | None, dict | None]:
+    """--resume auto: the newest checkpoint that loads, with its state; unreadable newer ones are skipped
+    with a warning that names both files."""
+    skipped = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            state = load(path)
+        except HvdganError as exc:
+            skipped.append(path)
+            log.warning("skipping unreadable checkpoint %s", exc.message)
+            continue
+        if skipped:
+            log.warning("resuming from %s instead of the newer, unreadable %s", path,
+                        ", ".join(str(p) for p in skipped))
+        return path, state
+    if skipped:
+        raise HvdganError(f"{directory}: no readable checkpoint ({len(skipped)} unreadable: "
+                          f"{', '.join(p.name for p in skipped)})")
+    return None, None
+
+
 def resolve(resume: str, directory: Path) -> Path | None:
-    """--resume none | auto | PATH -> the checkpoint to load, or None to start fresh."""
+    """--resume none | auto | PATH -> the checkpoint to load (without reading it), or None."""
     if resume in ("none", "", None):
         return None
     if resume == "auto":

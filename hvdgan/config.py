@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -64,7 +63,7 @@ class TrainConfig:
     # devices
     device: str = "auto"
     placement: str | None = None  # e.g. "G=gpu0,D=cpu" or "G=gpu0,D.trunk=gpu1,D.head=cpu"
-    threads: int | None = None  # torch intra-op threads per rank (default: cores / local ranks)
+    threads: int | None = None  # torch intra-op threads per rank (default: hvdgan.resources.default_threads)
     amp: bool | None = None  # bf16 autocast (default: on for CUDA)
     channels_last: bool | None = None  # default: on for CUDA
     # observability and checkpoints
@@ -147,7 +146,7 @@ HELP = {
     "sync_bn": "Horovod SyncBatchNorm: BatchNorm statistics over all ranks.",
     "device": "Default device of the networks: auto (cuda:local_rank if there is a GPU), cpu or cuda.",
     "placement": "Where G, D or their blocks live, e.g. G=gpu0,D=cpu (see docs/placement.md).",
-    "threads": "Torch threads per rank (default: cores / ranks on the node).",
+    "threads": "Torch threads per rank (default: OMP_NUM_THREADS, else this rank's share of its allowed CPUs).",
     "amp": "bf16 autocast (default: on when a network is on a GPU).",
     "channels_last": "channels_last memory format (default: on when a network is on a GPU).",
     "log_every": "Log (and check for NaN and preemption) every N steps.",
@@ -225,13 +224,16 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
+    cpu_threads: int = 1  # this rank's share of the CPUs its allocation gives it (hvdgan.resources)
 
     @classmethod
     def from_horovod(cls) -> "World":
+        """Collective: every rank calls it (the CPU affinities are gathered)."""
         from .distributed import hvd
+        from .resources import default_threads
 
         h = hvd()
-        return cls(h.rank(), h.size(), h.local_rank(), h.local_size())
+        return cls(h.rank(), h.size(), h.local_rank(), h.local_size(), default_threads(h))
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ def resolve(cfg: TrainConfig, world: World, data: DataFacts) -> Resolved:
     options = dataclasses.asdict(cfg)
     options.update(image_size=data.image_size, amp=amp,
                    channels_last=on_cuda if cfg.channels_last is None else cfg.channels_last,
-                   threads=cfg.threads or max(1, (os.cpu_count() or 1) // world.local_size))
+                   threads=cfg.threads or world.cpu_threads)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * data.batches_per_epoch // cfg.d_steps
     return Resolved(**options, world=world, channels=data.channels, batches_per_epoch=data.batches_per_epoch,
                     total_steps=total, devices=devices, gan=gan)

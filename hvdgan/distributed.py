@@ -108,12 +108,6 @@ class Group:
             raise HvdganError(errors[0] if len(set(errors)) == 1 else "; ".join(sorted(set(errors))))
 
 
-def launcher_local_size(env=os.environ) -> int:
-    """Ranks on this node, from the launcher's environment (1 when it does not say)."""
-    local = env.get("HOROVOD_LOCAL_SIZE") or env.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
-    return max(1, int(local) if local.isdigit() else 1)
-
-
 def is_root() -> bool:
     return hvd().rank() == 0
 

@@ -46,10 +46,8 @@ class RunLog:
     def __init__(self, out: Path, tensorboard: bool = True, resume_step: int = 0):
         self.out = Path(out)
         self.path = self.out / "metrics.jsonl"
-        if resume_step and self.path.exists():
-            self._truncate_after(resume_step)
-        elif self.path.exists():
-            self.path.unlink()
+        if not resume_step and self.path.exists():
+            self.path.unlink()  # (on resume, history.abandon_after has already moved later records aside)
         self.file = open(self.path, "a", buffering=1)
         self.tb = None
         if tensorboard:
@@ -59,12 +57,6 @@ class RunLog:
                 self.tb = SummaryWriter(str(self.out / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
             except ImportError:  # tensorboard not installed: metrics.jsonl is the record
                 self.tb = None
-
-    def _truncate_after(self, step: int) -> None:
-        """On resume, drop records the crashed run wrote after its last checkpoint (they will be redone)."""
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -84,7 +76,9 @@ class RunLog:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    from .history import read_records
+
+    return read_records(path, warn=False)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> torch.Tensor:

@@ -26,22 +26,33 @@ class SyncBatchNorm(hvd.SyncBatchNorm):
             self.num_batches_tracked.add_(1)
         c = input.shape[1]
         dims = [0, *range(2, input.dim())]
-        count = torch.tensor([input.numel() // c], dtype=input.dtype)
-        local = torch.cat([input.sum(dims), (input * input).sum(dims), count])
+        # Numerically stable global statistics: each rank's mean and sum of squared deviations from it
+        # (two passes over its own data, in float64), merged over ranks with one differentiable allreduce
+        # (Chan et al.): M2 = sum_r [M2_r + n_r (mean_r - mean)^2], written with sums so that one Sum does it.
+        # E[x^2] - mean^2 in float32 loses every digit when |mean| >> std (mean 30, std 0.003: NaN).
+        x = input.double()  # (the CPU path: BatchNorm's share of a step is small, float64 costs little)
+        n_local = input.numel() // c
+        mean_local = x.mean(dims)
+        m2_local = ((x - mean_local.view((1, c) + (1,) * (input.dim() - 2))) ** 2).sum(dims)
+        count = torch.tensor([float(n_local)], dtype=torch.float64)
+        local = torch.cat([mean_local * n_local, m2_local + n_local * mean_local * mean_local, count])
+        # the merge's cancellation is relative to float64 (1e-16), far below float32's resolution of x
         total = hvd.allreduce(local, op=hvd.Sum, name=self.sync_name)  # differentiable
         n = total[-1]
-        mean = total[:c] / n
-        var = total[c:2 * c] / n - mean * mean
+        mean64 = total[:c] / n
+        var64 = (total[c:2 * c] / n - mean64 * mean64).clamp_min(0)
         if self.track_running_stats:
             with torch.no_grad():
-                momentum = 0.1 if self.momentum is None else self.momentum
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach() * n / (n - 1), momentum)  # unbiased, as BatchNorm2d
+                # momentum=None: a cumulative moving average, as nn.BatchNorm2d
+                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
+                self.running_mean.lerp_(mean64.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var64.detach() * n / (n - 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)  # unbiased, as BatchNorm2d
         shape = (1, c) + (1,) * (input.dim() - 2)
-        out = (input - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        out = (x - mean64.view(shape)) * torch.rsqrt(var64.view(shape) + self.eps)  # float64, then cast
         if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out
+            out = out * self.weight.double().view(shape) + self.bias.double().view(shape)
+        return out.to(input.dtype)
 
 
 def convert(module: nn.Module, _counter: list | None = None) -> nn.Module:

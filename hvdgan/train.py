@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import history
 from . import distributed as dist
 from .config import DataFacts, Resolved, TrainConfig, World, resolve
 from .data import ShardedReader, to_float
@@ -72,7 +73,8 @@ class Trainer:
         # data: this rank's shards (the reader checks the dataset and the batch size against it, naming the
         # file; the same on every rank)
         self.reader = ShardedReader(options.data, rank=world.rank, size=world.size, batch_size=options.batch_size,
-                                    seed=options.seed, in_memory=options.in_memory)
+                                    seed=options.seed, in_memory=options.in_memory,
+                                    local_size=world.local_size)
         m = self.reader.manifest
         # everything that depends on the devices, the data and the world, decided once
         self.cfg: Resolved = resolve(options, world, DataFacts(m.channels, m.height, self.reader.batches_per_epoch))
@@ -97,58 +99,76 @@ class Trainer:
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
         self.last_checkpoint = None  # rank 0's newest good checkpoint (named when a run stops on NaN)
+        self.resumed_from = None  # never removed by keep-last-K
         self.total_steps = cfg.total_steps
         self._resume()
 
     # ---------------------------------------------------------------------------- resume / checkpoint
-    def _plan_resume(self) -> dict:
-        """Rank 0 decides what to load (the file system may be shared by all ranks), then tells all."""
-        path = ckpt.resolve(self.cfg.resume, self.ckpt_dir)
-        if path is None and self.cfg.resume == "none" and (ckpt.list_checkpoints(self.ckpt_dir)
-                                                           or (self.out / "metrics.jsonl").exists()):
-            return {"error": f"{self.out}: holds an earlier run; continue it with --resume auto, "
-                             "or choose another --out (nothing was overwritten)"}
-        return {"path": str(path) if path else None}
+    def _load_resume(self) -> tuple[dict | None, dict | None]:
+        """Rank 0 (the file system may be shared by all ranks): the checkpoint to continue from, loaded and
+        checked, with its history made linear; (None, None) to start fresh. Errors become {"error": ...}."""
+        try:
+            ckpt.remove_temporaries(self.ckpt_dir)  # left by a write that a crash or a full disk interrupted
+            if self.cfg.resume == "auto":
+                path, state = ckpt.newest_readable(self.ckpt_dir)
+            else:
+                path = ckpt.resolve(self.cfg.resume, self.ckpt_dir)
+                state = ckpt.load(path) if path else None
+            if path is None:
+                if self.cfg.resume == "none" and (ckpt.list_checkpoints(self.ckpt_dir)
+                                                  or (self.out / "metrics.jsonl").exists()):
+                    return {"error": f"{self.out}: holds an earlier run; continue it with --resume auto, "
+                                     "or choose another --out (nothing was overwritten)"}, None
+                return None, None
+            ckpt.check_architecture(path, state["arch"], self.arch)
+            history.abandon_after(self.out, state["step"])  # later checkpoints, metrics, samples: moved aside
+        except HvdganError as exc:
+            return {"error": str(exc.message)}, None
+        meta = {k: state[k] for k in ("step", "epoch", "batch", "d_updates", "rng", "world_size")}
+        meta["path"] = str(path)
+        return meta, state
 
     def _resume(self) -> None:
-        plan = self.hvd.broadcast_object(self._plan_resume() if self.root else None, root_rank=0, name="hvdgan.plan")
-        if "error" in plan:
-            raise HvdganError(plan["error"])
-        meta = None
-        if plan["path"] and self.root:
-            try:
-                state = ckpt.load(Path(plan["path"]))
-                ckpt.check_architecture(Path(plan["path"]), state["arch"], self.arch)
-                self.gan.load_state_dict(state)
-                meta = {k: state[k] for k in ("step", "epoch", "batch", "d_updates", "rng", "world_size")}
-                meta["path"] = plan["path"]
-            except HvdganError as exc:
-                meta = {"error": str(exc.message)}
-        if plan["path"]:
-            meta = self.hvd.broadcast_object(meta, root_rank=0, name="hvdgan.resume")
-            if "error" in meta:
-                raise HvdganError(meta["error"])
-            self.gan.broadcast()  # hvd: rank 0's loaded parameters and optimizer state to every rank
-            self.step, self.epoch, self.batch = meta["step"], meta["epoch"], meta["batch"]
-            self.last_checkpoint = meta["path"]
-            self.gan.d_updates = meta["d_updates"]
-            if meta["world_size"] == self.size:
-                set_rng_state(self.noise_gen, meta["rng"][self.rank])
-            elif self.root:
-                log.warning("resuming a %d-rank run on %d ranks: noise streams restart from the seed",
-                            meta["world_size"], self.size)
-            if self.root:
-                log.info("resumed from %s at step %d (epoch %d, batch %d)", meta["path"], self.step, self.epoch,
-                         self.batch)
+        meta, state = self._load_resume() if self.root else (None, None)
+        meta = self.hvd.broadcast_object(meta, root_rank=0, name="hvdgan.resume")
+        if meta is None:
+            return
+        if "error" in meta:
+            raise HvdganError(meta["error"])
+        if self.root:
+            self.gan.load_state_dict(state)
+        self.gan.broadcast()  # hvd: rank 0's loaded parameters and optimizer state to every rank
+        self.step, self.epoch, self.batch = meta["step"], meta["epoch"], meta["batch"]
+        self.last_checkpoint = self.resumed_from = meta["path"]
+        self.gan.d_updates = meta["d_updates"]
+        if meta["world_size"] == self.size:
+            set_rng_state(self.noise_gen, meta["rng"][self.rank])
+        elif self.root:
+            log.warning("resuming a %d-rank run on %d ranks: noise streams restart from the seed",
+                        meta["world_size"], self.size)
+        if self.root:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", meta["path"], self.step, self.epoch,
+                     self.batch)
 
     def save_checkpoint(self) -> Path | None:
-        rngs = self.hvd.allgather_object(rng_state(self.noise_gen), name="hvdgan.rng")  # collective: every rank's RNG
+        """Collective: every rank's RNG state, and a check that nothing is non-finite (parameters and
+        optimizer state are identical on every rank; rank 0 also checks G's EMA), so that all ranks stop
+        together rather than write a checkpoint that could not be resumed."""
+        state = self.gan.state_dict()  # (G's EMA lives on rank 0 only)
+        bad = ckpt.first_non_finite(state)
+        gathered = self.hvd.allgather_object((rng_state(self.noise_gen), bad), name="hvdgan.rng")  # collective
+        bad = next((b for _, b in gathered if b), None)
+        if bad:
+            raise HvdganError(f"step {self.step}: {bad} is NaN or infinite: no checkpoint written; last good "
+                              f"checkpoint: {self.last_checkpoint}. Lower the learning rates, or try --loss hinge "
+                              "/ --spectral-norm")
         if not self.root:
             return None
-        state = self.gan.state_dict()
         state.update(step=self.step, epoch=self.epoch, batch=self.batch, d_updates=self.gan.d_updates,
-                     rng=rngs, config=self.cfg.to_dict(), arch=self.arch, world_size=self.size)
-        path = ckpt.save(state, self.ckpt_dir, self.step, self.cfg.keep_checkpoints)
+                     rng=[rng for rng, _ in gathered], config=self.cfg.to_dict(), arch=self.arch,
+                     world_size=self.size)
+        protect = [self.resumed_from] if self.resumed_from else []
+        path = ckpt.save(state, self.ckpt_dir, self.step, self.cfg.keep_checkpoints, protect=protect)
         self.last_checkpoint = path
         return path
 

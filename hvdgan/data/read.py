@@ -20,19 +20,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .. import distributed
 from ..errors import HvdganError
 from .format import (MANIFEST, SHUFFLE_WINDOW, check_file_size, check_shard_structure, labels_outside, open_manifest,
                      open_shard, sha256_file)
-
-
-def _memory_budget() -> int:
-    """Bytes one rank may hold in memory: half the node's RAM, split between the ranks on the node."""
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 34
-    return ram // 2 // distributed.launcher_local_size()
 
 
 class ShardedReader:
@@ -48,8 +38,8 @@ class ShardedReader:
     (manifest, seed, epoch, rank, size, batch_size, shuffle_window): not on `in_memory` or `direct`.
 
     in_memory: hold the rank's shards of the epoch in memory (read whole, once per epoch; kept across epochs
-    while the rank's shard set stays the same, e.g. always with one rank) when they fit in half the node's
-    memory split between its ranks; otherwise stream from the files, one window at a time.
+    while the rank's shard set stays the same, e.g. always with one rank) when they fit in half the job's
+    memory on the node (cgroup / Slurm limit, else RAM) split between its `local_size` ranks; otherwise stream from the files, one window at a time.
     direct: when streaming uncompressed shards whose chunks lie in order in the file (as `prepare` writes
     them), map the chunks (located through HDF5's chunk index) and gather batches straight from them, instead
     of copying windows through HDF5 first. Read-only mappings; a process maps its own.
@@ -57,7 +47,7 @@ class ShardedReader:
 
     def __init__(self, root, rank: int = 0, size: int = 1, batch_size: int = 64, seed: int = 0,
                  in_memory: bool = True, *, shuffle_window: int = SHUFFLE_WINDOW, verify: bool = False,
-                 check_size: bool = True, direct: bool = True):
+                 check_size: bool = True, direct: bool = True, local_size: int = 1):
         self.manifest = m = open_manifest(root)
         if size < 1 or not 0 <= rank < size:
             raise HvdganError(f"rank {rank} of size {size}: need 0 <= rank < size")
@@ -84,7 +74,9 @@ class ShardedReader:
                               f"multiple of {size} shards of equal size (hvdgan prepare ... --shards N)")
         most = sum(counts[-math.ceil(k / size):]) * m.bytes_per_image
         self.in_memory = bool(in_memory)
-        if in_memory and most > _memory_budget():
+        from ..resources import memory_budget  # (the job's memory on the node: cgroup, Slurm --mem or RAM)
+
+        if in_memory and most > memory_budget(local_size):
             warnings.warn(f"{m.root}: a rank's shards ({most / 1e9:.1f} GB) do not fit in memory; streaming them")
             self.in_memory = False
         self._counts = np.array([s.count for s in m.shards], dtype=np.int64)

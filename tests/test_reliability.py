@@ -1,0 +1,205 @@
+"""Issue 11: long runs a user can trust: linear history on rollback, torn metrics lines, unreadable and
+non-finite checkpoints, safe loading and permissions, threads and memory from the allocation, and a
+numerically stable CPU SyncBatchNorm."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, hvdgan, launch, run_env
+from hvdgan import checkpoint as ckpt
+from hvdgan import resources
+from hvdgan.errors import HvdganError
+from hvdgan.metrics import read_metrics
+
+SMALL = ["--ngf", "8", "--ndf", "8", "--batch-size", "16", "--log-every", "1", "--no-tensorboard",
+         "--sample-every", "1000"]
+
+
+def steps_of(out):
+    return [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss_d" in r]
+
+
+def names(directory):
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+# ------------------------------------------------------------------------------ 2. rollback, linear history
+def test_rollback_moves_later_history_aside_and_auto_follows_it(digits, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", digits, "--out", out, *SMALL, "--checkpoint-every", "2", "--keep-checkpoints", "2"]
+    hvdgan("train", *common, "--max-steps", "8")
+    assert names(out / "checkpoints") == ["ckpt-00000006.pt", "ckpt-00000008.pt"]
+    # roll back to step 6 (the oldest kept), then train on to 10 with keep-last-2
+    hvdgan("train", *common, "--max-steps", "10", "--resume", out / "checkpoints" / "ckpt-00000006.pt")
+    aside = [p for p in out.iterdir() if p.name.startswith("abandoned-")]
+    assert len(aside) == 1 and aside[0].name.endswith("-from-6")
+    assert names(aside[0] / "checkpoints") == ["ckpt-00000008.pt"]  # moved, not deleted
+    assert [r["step"] for r in read_metrics(aside[0] / "metrics.jsonl") if "loss_d" in r] == [7, 8]
+    # keep-last-2 never removed the checkpoint the run resumed from
+    assert names(out / "checkpoints") == ["ckpt-00000006.pt", "ckpt-00000008.pt", "ckpt-00000010.pt"]
+    assert steps_of(out) == list(range(1, 11))  # one linear history
+    # --resume auto follows the new history: step 10, not the abandoned step 8
+    hvdgan("train", *common, "--max-steps", "12", "--resume", "auto")
+    assert steps_of(out) == list(range(1, 13))
+    assert len([p for p in out.iterdir() if p.name.startswith("abandoned-")]) == 1
+
+
+# ------------------------------------------------------------------ 3. torn metrics line, 4. unreadable newest
+def test_torn_metrics_line_and_corrupt_newest_checkpoint(digits, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", digits, "--out", out, *SMALL, "--checkpoint-every", "3", "--keep-checkpoints", "3"]
+    hvdgan("train", *common, "--max-steps", "6")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "epoch": 0, "loss_d": 1.2')  # a SIGKILL in the middle of a write
+    newest = out / "checkpoints" / "ckpt-00000006.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])  # torn checkpoint
+    (out / "checkpoints" / ".ckpt-00000009.pt.abc.tmp").write_bytes(b"partial")  # an interrupted write
+    proc = hvdgan("train", *common, "--max-steps", "8", "--resume", "auto")
+    err = proc.stderr
+    assert "dropped a torn or unreadable record" in err and "metrics.jsonl" in err
+    assert "ckpt-00000003.pt" in err and "ckpt-00000006.pt" in err  # the warning names both
+    assert json.loads((out / "result.json").read_text())["step"] == 8
+    assert steps_of(out) == list(range(1, 9))
+    assert not list((out / "checkpoints").glob(".*.tmp"))  # the leftover temporary file is gone
+    aside = [p for p in out.iterdir() if p.name.startswith("abandoned-")]
+    assert aside and "ckpt-00000006.pt" in names(aside[0] / "checkpoints")
+
+
+def test_newest_readable_with_none_readable_is_a_clear_error(tmp_path):
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    (d / "ckpt-00000002.pt").write_bytes(b"junk")
+    with pytest.raises(HvdganError, match="no readable checkpoint"):
+        ckpt.newest_readable(d)
+
+
+INF_AFTER_STEP = """
+import sys, torch
+from hvdgan import gan
+step = gan.GAN.step
+def bad_step(self, *args, **kwargs):  # the fault: G's weights turn infinite after the update; the losses
+    result = step(self, *args, **kwargs)  # of the step (computed before it) stay finite
+    with torch.no_grad():
+        next(self.G.parameters()).view(-1)[0] = float("inf")
+    return result
+gan.GAN.step = bad_step
+from hvdgan.cli import main
+sys.argv[0] = "hvdgan"
+main()
+"""
+
+
+def test_no_checkpoint_with_non_finite_parameters(digits, tmp_path):
+    """Weights that turn infinite while the losses are finite: the parameter check, not the loss check,
+    must stop the run, and no checkpoint is written."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", INF_AFTER_STEP, "train", "--data", str(digits), "--out", str(out),
+                           *SMALL, "--max-steps", "3", "--checkpoint-every", "1"],
+                          capture_output=True, text=True, timeout=300, env=run_env())
+    assert proc.returncode != 0
+    assert "step 1: G." in proc.stderr and "NaN or infinite: no checkpoint written" in proc.stderr, proc.stderr[-2000:]
+    assert ckpt.list_checkpoints(out / "checkpoints") == []
+
+
+def test_first_non_finite_names_the_tensor():
+    assert ckpt.first_non_finite({"G": {"w": torch.ones(2)}, "opt": {"state": {0: {"exp_avg": torch.tensor(
+        [1.0, float("nan")])}}}}) == "opt.state.0.exp_avg"
+    assert ckpt.first_non_finite({"G": {"w": torch.ones(2), "n": torch.tensor(3)}}) is None
+
+
+# ------------------------------------------------------------------ 5. weights_only and the umask
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_holds_code_is_refused_and_the_code_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "ckpt-00000001.pt"
+    torch.save({"G": {}, "arch": {}, "x": Payload(marker)}, evil)
+    with pytest.raises(HvdganError, match="weights_only=True"):
+        ckpt.load(evil)
+    proc = hvdgan("sample", evil, "--out", tmp_path / "grid.png", check=False)
+    assert proc.returncode != 0 and "refused" in proc.stderr
+    assert not marker.exists()
+
+
+def test_checkpoints_follow_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        path = ckpt.save({"G": {"w": torch.ones(1)}, "arch": {}}, tmp_path / "c", 1, keep=1)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o664
+    assert ckpt.load(path)["G"]["w"].item() == 1.0
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    """RLIMIT_FSIZE stands in for a full disk: the write fails, the error names the file and the cause,
+    the previous checkpoint is intact and no temporary file is left."""
+    code = f"""
+import resource, signal, sys, torch
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+sys.path.insert(0, {str(ROOT)!r})
+from hvdgan import checkpoint as ckpt
+from hvdgan.errors import HvdganError
+d = {str(tmp_path / 'c')!r}
+ckpt.save({{"G": {{"w": torch.ones(10)}}, "arch": {{}}}}, d, 1, keep=3)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
+try:
+    ckpt.save({{"G": {{"w": torch.ones(100000)}}, "arch": {{}}}}, d, 2, keep=3)
+except HvdganError as e:
+    print(e.message); sys.exit(3)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "ckpt-00000002.pt: could not write the checkpoint (File too large)" in proc.stdout
+    assert names(tmp_path / "c") == ["ckpt-00000001.pt"]
+    assert ckpt.load(tmp_path / "c" / "ckpt-00000001.pt")["G"]["w"].sum() == 10
+
+
+# ------------------------------------------------------------------ 6. threads and memory from the allocation
+def test_threads_follow_affinity_and_omp(digits, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    env = {k: v for k, v in run_env().items() if k != "OMP_NUM_THREADS"}
+    cases = [(["taskset", "-c", "0"], {}, 1), ([], {"OMP_NUM_THREADS": "1"}, 1), ([], {}, 2)]
+    for i, (prefix, extra, expected) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        cmd = [*prefix, str(ROOT / ".venv/bin/hvdgan") if (ROOT / ".venv/bin/hvdgan").exists() else "hvdgan",
+               "train", "--data", str(digits), "--out", str(out), *SMALL, "--max-steps", "1"]
+        subprocess.run(cmd, env={**env, **extra}, check=True, capture_output=True, timeout=300)
+        assert json.loads((out / "config.json").read_text())["threads"] == expected, (prefix, extra)
+
+
+def test_threads_are_shared_among_ranks_with_overlapping_cpus():
+    assert resources.threads_for({0, 1, 2, 3}, [{0, 1, 2, 3}, {0, 1, 2, 3}], env={}) == 2
+    assert resources.threads_for({0, 1}, [{0, 1}, {2, 3}], env={}) == 2  # bound ranks: each its own CPUs
+    assert resources.threads_for({0}, [{0}, {0}], env={}) == 1
+    assert resources.threads_for({0, 1}, [{0, 1}], env={"OMP_NUM_THREADS": "3"}) == 3
+
+
+def test_memory_limit_takes_slurm_mem():
+    assert resources.memory_limit({"SLURM_MEM_PER_NODE": "1024"}) <= 1 << 30
+    assert resources.memory_limit({"SLURM_MEM_PER_CPU": "100", "SLURM_CPUS_ON_NODE": "2"}) <= 200 << 20
+    assert resources.memory_budget(4, env={"SLURM_MEM_PER_NODE": "1024"}) == (1 << 30) // 2 // 4
+
+
+# ------------------------------------------------------------------ 8. SyncBatchNorm, numerically stable
+@pytest.mark.parametrize("momentum", ["0.1", "none"])
+def test_syncbn_is_stable_against_batchnorm_on_the_whole_batch(tmp_path, momentum):
+    out = tmp_path / "errors.json"
+    launch("gloo", [sys.executable, str(ROOT / "tests" / "syncbn_worker.py"), str(out), momentum], timeout=120)
+    errors = json.loads(out.read_text())
+    assert not errors["nan"]
+    assert errors["out"] < 2e-3, errors  # normalised outputs (float32 resolution of x ~ 30 is 2e-6 = 7e-4 std)
+    assert errors["grad"] < 2e-3, errors
+    assert errors["running_mean"] < 1e-5 and errors["running_var"] < 1e-3, errors
