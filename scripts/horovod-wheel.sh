@@ -23,6 +23,7 @@ horovod_cuda_home() {
   [ -z "$torch_cuda" ] && return 0
   if [ -n "${HOROVOD_CUDA_HOME:-}" ]; then echo "$HOROVOD_CUDA_HOME"
   elif [ -x /usr/local/cuda/bin/nvcc ]; then echo /usr/local/cuda
+  elif command -v nvcc >/dev/null; then dirname "$(dirname "$(realpath "$(command -v nvcc)")")"
   fi
 }
 
