@@ -140,8 +140,10 @@ def environment(args, hvd) -> dict:
     if args.bundle and (Path(args.bundle) / "manifest.json").is_file():
         m = json.loads((Path(args.bundle) / "manifest.json").read_text())
         env["bundle"] = {k: m.get(k) for k in ("created", "hvdgan", "horovod", "python_version", "total_bytes")}
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    env["commit"] = git.stdout.strip() if git.returncode == 0 else None
+    env["commit"] = None
+    if shutil.which("git"):  # (a copied tree may have no .git, a GPU image no git)
+        git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        env["commit"] = git.stdout.strip() if git.returncode == 0 else None
     return env
 
 

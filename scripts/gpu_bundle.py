@@ -286,7 +286,7 @@ def verify(bundle: Path) -> list[str]:
     return problems
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "gpu-bundle", help="the bundle folder (replaced if it is one)")
     ap.add_argument("--python-version", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
@@ -300,6 +300,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-mib", type=float, default=60.0)
     ap.add_argument("--verify", type=Path, default=None, metavar="BUNDLE",
                     help="only check BUNDLE's files against its manifest.json")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     if args.verify:
         if not (args.verify / "manifest.json").is_file():

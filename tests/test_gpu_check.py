@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_env
+from conftest import HVDGAN, ROOT, flat_state, launch, run_env
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_report import render_markdown  # noqa: E402
@@ -247,3 +247,65 @@ def test_channels_last_tensors_go_through_horovod():
     assert not moment.is_contiguous()
     layout.broadcast_optimizer_state(hvd, opt)
     assert opt.state[p]["exp_avg"] is moment and not moment.is_contiguous()
+
+
+@pytest.mark.mp
+def test_channels_last_training_on_two_ranks_matches_contiguous(digits, tmp_path):
+    """channels_last on 2 ranks (gradients all-reduced through layout.Contiguous) trains as the default layout
+    does: the same weights after 3 steps up to rounding, measured against how far the weights moved."""
+    import torch
+
+    from hvdgan.models import Discriminator, Generator
+
+    common = ["train", "--data", digits, "--max-steps", "3", "--batch-size", "16", "--ngf", "8", "--ndf", "8",
+              "--device", "cpu", "--log-every", "1", "--sample-every", "100", "--checkpoint-every", "3",
+              "--no-tensorboard"]
+    for name, extra in (("default", []), ("cl", ["--channels-last"])):
+        launch("gloo", [HVDGAN, *map(str, common), "--out", str(tmp_path / name), *extra], timeout=300)
+    a, b = (torch.load(tmp_path / n / "checkpoints" / "ckpt-00000003.pt", weights_only=False) for n in ("default", "cl"))
+    torch.manual_seed(0)  # the trainer's initial weights (seed 0, G first)
+    start = {"G": Generator(100, 8, 1, 32).state_dict(), "D": Discriminator(8, 1, 32).state_dict()}
+    for net in ("G", "D"):
+        moved = (flat_state(a[net]) - flat_state(start[net])).norm()
+        assert moved > 0
+        assert (flat_state(b[net]) - flat_state(a[net])).norm() / moved < 0.05, net
+
+
+def test_documented_gpu_command_lines_parse():
+    """Every `make gpu-*`, scripts/gpu_bundle.py and scripts/gpu-check.sh line the docs show."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import shlex
+
+    import gpu_bundle
+
+    seen = 0
+    for doc in ("README.md", "docs/cluster.md", "docs/benchmarks.md"):
+        text = (ROOT / doc).read_text()
+        lines = [ln.strip() for ln in text.splitlines()]
+        candidates = lines + [code for ln in lines if not ln.startswith("```") for code in re.findall(r"`([^`]+)`", ln)]
+        for line in candidates:
+            line = re.sub(r"^\$ ", "", line).split(" #")[0].strip()
+            if not re.match(r"^([A-Z_]+=\S+ )*(make gpu-|python3 scripts/gpu_bundle\.py|bash scripts/gpu-check\.sh)",
+                            line):
+                continue
+            words = shlex.split(line)
+            env = {}
+            while words and re.match(r"^[A-Z_]+=", words[0]):
+                k, v = words.pop(0).split("=", 1)
+                env[k] = v
+            if words[:1] == ["make"] and any(w.startswith("gpu-") for w in words):
+                proc = subprocess.run(["make", "-n", *words[1:]], capture_output=True, text=True, cwd=ROOT)
+                assert proc.returncode == 0 and "scripts/gpu" in proc.stdout, (doc, line, proc.stderr)
+            elif words[:2] == ["python3", "scripts/gpu_bundle.py"]:
+                gpu_bundle.parser().parse_args(words[2:])
+            elif words[:2] == ["bash", "scripts/gpu-check.sh"]:
+                opts = words[2:]
+                while opts:
+                    assert opts[0] in ("--bundle", "--report", "--device") and len(opts) > 1, (doc, line)
+                    assert opts[0] != "--device" or opts[1] in ("cuda", "cpu"), (doc, line)
+                    opts = opts[2:]
+                assert set(env) <= {"HVDGAN_GPU_PYTHON", "HVDGAN_GPU_VENV", "HVDGAN_CACHE"}, (doc, line)
+            else:
+                continue
+            seen += 1
+    assert seen >= 12
