@@ -195,13 +195,16 @@ def download_wheels(reqs: list[str], have: dict, args, dest: Path) -> tuple[list
     return sorted(p.name for p in got.values()), sorted(set(skipped))
 
 
-def source_tarball(dest: Path, version: str) -> Path:
-    """This tree's tracked and untracked-not-ignored files (what `git status` would show)."""
+def source_tarball(dest: Path, version: str, leave_out: list[Path]) -> Path:
+    """This tree's tracked and untracked-not-ignored files (what `git status` would show), less `leave_out`
+    (the bundle being written, and the old one, when they lie in the tree)."""
     files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            capture_output=True, text=True, check=True).stdout.split("\0")
+    skip = [p.resolve() for p in leave_out]
     out = dest / f"hvdgan-{version}-src.tar.gz"
     with tarfile.open(out, "w:gz") as tar:
-        for f in sorted(f for f in files if f and (ROOT / f).is_file()):
+        for f in sorted(f for f in files if f and (ROOT / f).is_file()
+                        and not any((ROOT / f).resolve().is_relative_to(p) for p in skip)):
             tar.add(ROOT / f, arcname=f"hvdgan-{version}/{f}")
     return out
 
@@ -234,7 +237,7 @@ def build(args) -> dict:
         pip("download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp), f"horovod=={hvd_version}")
         (tmp / "patches").mkdir()
         shutil.copy2(patch, tmp / "patches" / patch.name)
-        source_tarball(tmp, __version__)
+        source_tarball(tmp, __version__, [tmp, out])
         (tmp / "requirements.txt").write_text(
             "# installed by scripts/gpu-check.sh with pip --no-index --find-links wheels/ "
             "(torch and torchvision: the node's own)\n" + "\n".join(reqs) + "\n")
@@ -258,6 +261,7 @@ def build(args) -> dict:
                 + ", ".join(f"{n} {f['bytes'] / 2**20:.1f} MiB" for n, f in biggest)
                 + ". List what the node already has with --have (its `python3 -m pip list --format=freeze`)")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        tmp.chmod(0o755)  # (mkdtemp's is 0700)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
