@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 # the test suite also needs a local Slurm (tests/test_slurm.py starts one)
 TEST_PACKAGES = slurmctld slurmd slurm-client munge libpmix2
 
-.PHONY: setup setup-test demo test bench clean-demo
+.PHONY: setup setup-test demo test bench clean-demo gpu-bundle gpu-check
 
 setup:
 	bash scripts/setup.sh
@@ -31,3 +31,21 @@ bench: setup
 
 clean-demo:
 	rm -rf runs/digits-demo
+
+# GPU nodes (docs/cluster.md). `make gpu-bundle` (where pip reaches the index) writes $(GPU_BUNDLE)/, at most
+# 60 MiB: what a GPU node without internet lacks, for Python $(GPU_PYTHON), leaving out what $(GPU_HAVE) lists
+# (the node's `python3 -m pip list --format=freeze`; the default describes the GPU machines this project
+# borrows). `make gpu-check` (on the node, offline) builds Horovod with NCCL from it and checks and
+# benchmarks hvdgan there: report in gpu-check/gpu-check.md and .json. `GPU_CHECK_ARGS=--device cpu` is the
+# CPU dry run.
+GPU_BUNDLE ?= gpu-bundle
+GPU_PYTHON ?= 3.12
+GPU_HAVE ?= scripts/gpu-nodes/lent-cuda-image.txt
+GPU_CHECK_ARGS ?=
+BUNDLE_PY = $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+
+gpu-bundle:
+	$(BUNDLE_PY) scripts/gpu_bundle.py --out $(GPU_BUNDLE) --python-version $(GPU_PYTHON) $(if $(GPU_HAVE),--have $(GPU_HAVE))
+
+gpu-check:
+	bash scripts/gpu-check.sh --bundle $(GPU_BUNDLE) $(GPU_CHECK_ARGS)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from . import layout
 from .config import GANSettings
 from .stats import Stats
 
@@ -101,6 +102,7 @@ class GAN:
         opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=settings.betas, fused=fused_g or None)
         opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=settings.betas, fused=fused_d or None)
         compression = hvd.Compression.fp16 if settings.fp16_allreduce else hvd.Compression.none
+        compression = layout.Contiguous(compression)  # channels_last gradients go as contiguous copies
         # hvd: both optimizers all-reduce their gradients; distinct name prefixes keep G's and D's apart
         self.opt_g = hvd.DistributedOptimizer(opt_g, named_parameters=[("G." + n, p) for n, p in G.named_parameters()],
                                               compression=compression)
@@ -119,8 +121,9 @@ class GAN:
     def broadcast(self) -> None:
         """Make every rank start from rank 0's parameters, buffers and optimizer state."""
         # hvd: parameters and BatchNorm buffers from rank 0 ...
-        self.hvd.broadcast_parameters(self.G.state_dict(), root_rank=0)
-        self.hvd.broadcast_parameters(self.D.state_dict(), root_rank=0)
+        # (layout.*: Horovod takes contiguous tensors only; channels_last weights go as contiguous copies)
+        layout.broadcast_parameters(self.hvd, self.G.state_dict(), root_rank=0)
+        layout.broadcast_parameters(self.hvd, self.D.state_dict(), root_rank=0)
         # hvd: ... and both optimizers' state, when rank 0 has any (after a resume). A fresh Adam is
         # skipped: broadcast_optimizer_state would first take a zero-gradient step to create the state,
         # starting Adam's step counter at 1 and changing its first updates against plain PyTorch.
@@ -128,7 +131,7 @@ class GAN:
             # (objects get explicit names: Horovod matches collectives across ranks by name, and the
             # default name is the object's type, which may differ between rank 0 and the others)
             if self.hvd.broadcast_object(len(opt.state_dict()["state"]) > 0, root_rank=0, name="hvdgan.has_state"):
-                self.hvd.broadcast_optimizer_state(opt, root_rank=0)
+                layout.broadcast_optimizer_state(self.hvd, opt, root_rank=0)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(n, self.G.nz, 1, 1, device=self.noise_device, generator=generator)

@@ -62,19 +62,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp.pending"
 fi
 
-# 4. Horovod, built once per (Horovod, torch, Python, CUDA, NCCL, patch) and cached as a wheel.
-cuda_home=
-torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "")')
-if [ -n "$torch_cuda" ]; then
-  cuda_home=${HOROVOD_CUDA_HOME:-}
-  [ -z "$cuda_home" ] && [ -x /usr/local/cuda/bin/nvcc ] && cuda_home=/usr/local/cuda
-fi
+# 4. Horovod, built once per (Horovod, torch, Python, CUDA, NCCL, MPI, patch) and cached as a wheel
+#    (scripts/horovod-wheel.sh: the cache key and the build, shared with scripts/gpu-check.sh).
+# shellcheck source=horovod-wheel.sh
+source scripts/horovod-wheel.sh
+export HVDGAN_CACHE=$CACHE
 gpu_ops=${HOROVOD_GPU_OPERATIONS:-}
-pyver=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
-patch_hash=$(sha256sum "$HOROVOD_PATCH" | cut -c1-8)
-cc_list=${HOROVOD_BUILD_CUDA_CC_LIST:-80,90}
-key="horovod-$HOROVOD_VERSION-torch-$TORCH_VERSION-$pyver-cuda-${torch_cuda:-none}${torch_cuda:+-cc${cc_list//,/_}}-ops-${gpu_ops:-cpu}-$patch_hash"
-wheel_dir="$CACHE/wheels/$key"
 have_horovod() {
   "$PY" - "$HOROVOD_VERSION" <<'PY' 2>/dev/null
 import sys, importlib.metadata as md
@@ -83,34 +76,7 @@ import horovod.torch  # loads the compiled extension against the installed torch
 PY
 }
 if ! have_horovod || [ -f "$stamp.pending" ]; then
-  whl=$(ls "$wheel_dir"/horovod-*.whl 2>/dev/null | head -1 || true)
-  if [ -z "$whl" ]; then
-    say "building Horovod $HOROVOD_VERSION from its sdist (one time, several minutes); cache: $wheel_dir"
-    build=$(mktemp -d)
-    trap 'rm -rf "$build"' EXIT
-    pip_q download --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
-    tar -C "$build" -xzf "$build/horovod-$HOROVOD_VERSION.tar.gz"
-    patch -s -d "$build/horovod-$HOROVOD_VERSION" -p1 < "$HOROVOD_PATCH"
-    export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITH_MPI=1
-    export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
-    if [ -n "$cuda_home" ]; then
-      # CUDA_HOME too: torch.utils.cpp_extension otherwise guesses it from the nvcc on PATH
-      export HOROVOD_CUDA_HOME=$cuda_home CUDA_HOME=$cuda_home HOROVOD_BUILD_CUDA_CC_LIST=$cc_list
-    elif [ -n "$torch_cuda" ]; then
-      # Horovod's torch extension builds CUDA kernels whenever torch is a CUDA build
-      die "torch is a CUDA $torch_cuda build but no CUDA toolkit was found: set HOROVOD_CUDA_HOME, or install a CPU build of torch"
-    fi
-    [ -n "$gpu_ops" ] && export HOROVOD_GPU_OPERATIONS=$gpu_ops
-    export MAKEFLAGS=-j$(nproc) HOROVOD_CMAKE=$(dirname "$PY")/cmake
-    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build/dist" "$build/horovod-$HOROVOD_VERSION" \
-      > "$build/build.log" 2>&1 || { mkdir -p "$CACHE"; cp "$build/build.log" "$CACHE/horovod-build.log"; grep -E "CMake Error|error:" -A5 "$build/build.log" | head -60 >&2; die "Horovod build failed; full log: $CACHE/horovod-build.log"; }
-    mkdir -p "$wheel_dir"
-    whl_name=$(basename "$build"/dist/horovod-*.whl)
-    cp "$build/dist/$whl_name" "$wheel_dir/$whl_name.tmp" && mv "$wheel_dir/$whl_name.tmp" "$wheel_dir/$whl_name"
-    whl="$wheel_dir/$whl_name"
-  else
-    say "using cached Horovod wheel $whl"
-  fi
+  whl=$(horovod_wheel "$PY" "$TORCH_VERSION")
   pip_q install --no-deps --force-reinstall "$whl"
   pip_q install "$whl"  # now its own requirements (cffi, cloudpickle, psutil, pyyaml, packaging)
 fi
