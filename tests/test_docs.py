@@ -486,3 +486,20 @@ def test_docs_list_the_exported_variables_of_launch_py():
         if rel != "docs/cluster.md":
             listed = re.findall(r"`(HOROVOD_\*|NCCL_\*)`", (ROOT / rel).read_text())
             assert len(listed) < 2, f"{rel} lists the exported variables again: refer to docs/cluster.md"
+
+
+def test_readme_layout_table_matches_the_package():
+    """Every module of hvdgan/ is named in the README's layout table (a package row names its modules as
+    `name` (concern)), every module the table names exists,
+    and no module is over ~400 lines (one concern a module)."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(hvdgan/[\w/]+\.py)`", table))
+    for folder in re.findall(r"`(hvdgan/\w+)/`", table):  # a package row: `hvdgan/data/` with its modules
+        row = next(line for line in table.splitlines() if f"`{folder}/`" in line)
+        named |= {f"{folder}/{m}.py" for m in re.findall(r"`(\w+)` \(", row.split("|")[2])}
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "hvdgan").rglob("*.py") if p.name != "__init__.py"}
+    assert modules - named == set(), "modules missing from the README's layout table"
+    assert named - modules == set(), "the README's layout table names modules that do not exist"
+    long = {m: n for m in modules if (n := len((ROOT / m).read_text().splitlines())) > 420}
+    assert not long, f"modules over ~400 lines: {long}"
