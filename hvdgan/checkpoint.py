@@ -18,6 +18,7 @@ import torch
 from .errors import HvdganError
 
 NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+BEST = "ckpt-best.pt"
 
 
 def path_for(directory: Path, step: int) -> Path:
@@ -37,9 +38,16 @@ def to_cpu(obj: Any) -> Any:
 def save(state: dict, directory: Path, step: int, keep: int) -> Path:
     """Write `state` as ckpt-<step>.pt: temporary file, fsync, rename, fsync the directory; then keep
     only the newest `keep` checkpoints. A crash at any point leaves the previous checkpoints intact."""
-    directory = Path(directory)
+    final = write_atomic(state, path_for(directory, step))
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def write_atomic(state: dict, final: Path) -> Path:
+    """Temporary file, fsync, rename, fsync the directory: `final` is the old file or the new one."""
+    directory = Path(final).parent
     directory.mkdir(parents=True, exist_ok=True)
-    final = path_for(directory, step)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -55,9 +63,13 @@ def save(state: dict, directory: Path, step: int, keep: int) -> Path:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
     return final
+
+
+def save_best(state: dict, directory: Path) -> Path:
+    """ckpt-best.pt: the checkpoint of the best evaluation so far (not counted in the last K, not
+    picked by --resume auto)."""
+    return write_atomic(state, Path(directory) / BEST)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

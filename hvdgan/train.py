@@ -110,6 +110,12 @@ class Trainer:
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
         self.last_checkpoint = None  # rank 0's newest good checkpoint (named when a run stops on NaN)
+        self.best_fid = float("inf")  # of the --eval-every evaluations (kept in checkpoints)
+        self.evaluator = None
+        if cfg.eval_every:  # reference features now (cached beside the data), so a bad weights file fails early
+            from .evaluate import for_training
+
+            self.evaluator = for_training(cfg, hvd, dev)
         self.total_steps = (cfg.max_steps if cfg.max_steps is not None
                             else cfg.epochs * self.reader.batches_per_epoch // cfg.d_steps)
         self._resume()
@@ -135,6 +141,7 @@ class Trainer:
                 ckpt.check_architecture(Path(plan["path"]), state["arch"], self.arch)
                 self.gan.load_state_dict(state)
                 meta = {k: state[k] for k in ("step", "epoch", "batch", "d_updates", "rng", "world_size")}
+                meta["best_fid"] = state.get("best_fid", float("inf"))
                 meta["path"] = plan["path"]
             except HvdganError as exc:
                 meta = {"error": str(exc.message)}
@@ -146,6 +153,7 @@ class Trainer:
             self.step, self.epoch, self.batch = meta["step"], meta["epoch"], meta["batch"]
             self.last_checkpoint = meta["path"]
             self.gan.d_updates = meta["d_updates"]
+            self.best_fid = meta["best_fid"]
             if meta["world_size"] == self.size:
                 set_rng_state(self.noise_gen, meta["rng"][self.rank])
             elif self.root:
@@ -155,13 +163,15 @@ class Trainer:
                 log.info("resumed from %s at step %d (epoch %d, batch %d)", meta["path"], self.step, self.epoch,
                          self.batch)
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, best: bool = False) -> Path | None:
         rngs = self.hvd.allgather_object(rng_state(self.noise_gen), name="hvdgan.rng")  # collective: every rank's RNG
         if not self.root:
             return None
         state = self.gan.state_dict()
         state.update(step=self.step, epoch=self.epoch, batch=self.batch, d_updates=self.gan.d_updates,
-                     rng=rngs, config=self.cfg.to_dict(), arch=self.arch, world_size=self.size)
+                     rng=rngs, config=self.cfg.to_dict(), arch=self.arch, world_size=self.size, best_fid=self.best_fid)
+        if best:
+            return ckpt.save_best(state, self.ckpt_dir)
         path = ckpt.save(state, self.ckpt_dir, self.step, self.cfg.keep_checkpoints)
         self.last_checkpoint = path
         return path
@@ -226,6 +236,8 @@ class Trainer:
                         self.save_checkpoint()
                 if self.root and (self.step % cfg.sample_every == 0 or last):
                     self.sample()
+                if self.evaluator is not None and (self.step % cfg.eval_every == 0 or last):
+                    self.evaluate()
                 if last:
                     break
             else:  # the epoch ran out: the next one starts with a new shard deal
@@ -300,6 +312,17 @@ class Trainer:
         self.runlog.image("samples", grid, self.step)
         fd = frechet_distance(gaussian(features8(fakes)), self.real_stats)
         self.runlog.write({"step": self.step, "epoch": self.epoch, "fd8": fd})
+
+    def evaluate(self) -> None:
+        """Every rank: Inception metrics of G's EMA (hvdgan/evaluate.py); a new best FID -> ckpt-best.pt."""
+        result = self.evaluator.evaluate(self.gan)
+        if self.root:
+            self.runlog.write({"step": self.step, "epoch": self.epoch, **result})
+            log.info("step %d: %s (%.0f s)", self.step, ", ".join(f"{k} {v:.4g}" for k, v in result.items()
+                                                                  if k != "eval_seconds"), result["eval_seconds"])
+        if result.get("fid", float("inf")) < self.best_fid:  # (the same numbers on every rank)
+            self.best_fid = result["fid"]
+            self.save_checkpoint(best=True)
 
     def _real_sample(self, limit: int = 2048) -> torch.Tensor:
         """Up to `limit` real images (uint8) for the Frechet-distance reference."""
