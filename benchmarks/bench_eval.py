@@ -44,7 +44,7 @@ def worker(args) -> None:
     torch.manual_seed(0)
     G = Generator(100, 64, 1, 32).to(device).eval()
     ex = InceptionFeatures(None, device, batch_size=args.batch)
-    generated_features(G, args.batch * hvd.size(), ex, hvd, seed=1, batch_size=args.batch, progress=False)  # warm-up
+    generated_features(G, 2 * hvd.size(), ex, hvd, seed=1, batch_size=2, progress=False)  # warm-up
     hvd.allreduce(torch.zeros(1), name="bench.barrier")
     t0 = time.perf_counter()
     feats = generated_features(G, args.images, ex, hvd, seed=2, batch_size=args.batch, progress=False)

@@ -203,9 +203,10 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
 
     \b
       hvdgan evaluate runs/digits-demo --num 2000                 # newest checkpoint vs its data
-      horovodrun -np 2 hvdgan evaluate runs/digits-demo/checkpoints/ckpt-best.pt --metrics fid,kid,pr
+      horovodrun -np 2 hvdgan evaluate runs/digits-demo/checkpoints/ckpt-best.pt -n 2000 --metrics fid,kid,pr
       hvdgan evaluate --real data/digits --real data/digits-test  # two datasets
-    Prints one JSON document (rank 0).
+    Prints one JSON document (rank 0). Under horovodrun write -n, not --num (horovodrun's own parser
+    takes --num for an abbreviation of its --num-proc).
     """
     import json
     from pathlib import Path

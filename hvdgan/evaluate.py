@@ -282,6 +282,8 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
         raise HvdganError("give a CHECKPOINT_OR_RUN_DIR (with an optional --data DIR), or --real DIR_A --real DIR_B")
     dist.init()
     hvd = dist.hvd()
+    if "OMP_NUM_THREADS" not in os.environ:  # the node's cores shared among its ranks, as hvdgan train does
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
     dev = default_device(device, hvd.local_rank())
     t0 = time.perf_counter()
     extractor = load_extractor(inception, dev, hvd, batch_size)

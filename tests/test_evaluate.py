@@ -182,3 +182,64 @@ def test_two_ranks_equal_one_process(digits, tmp_path):
     np.testing.assert_allclose(np.load(one + ".fake.npy"), np.load(two + ".fake.npy"), rtol=0, atol=1e-6)
     for key in ("fid", "kid", "kid_std", "precision", "recall"):
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], rel=1e-5, abs=1e-7), key
+
+
+# -------------------------------------------------------------- with the bundled Inception network
+REAL_NUM = 64  # reference images of the tests below: their features are computed once per session
+
+
+def bundled_inception():
+    path = inception.resolve()
+    if not path.is_file():
+        if os.environ.get("HVDGAN_INCEPTION_FETCH") == "0":
+            pytest.skip(f"{path}: not fetched (HVDGAN_INCEPTION_FETCH=0)")
+        pytest.fail(f"{path}: missing; scripts/setup.sh fetches it")
+    return path
+
+
+@pytest.mark.mp
+def test_training_evaluates_keeps_the_best_and_evaluate_agrees(digits, tmp_path):
+    """2 ranks train with --eval-every: FID lines in metrics.jsonl, ckpt-best.pt at the lowest one; then
+    hvdgan evaluate of ckpt-best.pt, alone and on 2 ranks, gives the FID the run logged for it."""
+    bundled_inception()
+    from conftest import HVDGAN
+
+    out = tmp_path / "run"
+    launch("gloo", [HVDGAN, "train", "--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8",
+                    "--batch-size", "16", "--max-steps", "4", "--log-every", "2", "--sample-every", "100",
+                    "--checkpoint-every", "100", "--no-tensorboard", "--eval-every", "2", "--eval-num", "12",
+                    "--eval-real-num", str(REAL_NUM), "--eval-metrics", "fid,kid"], timeout=600)
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "fid" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(r["fid"] > 0 and "kid" in r and "kid_std" in r and r["eval_seconds"] > 0 for r in evals)
+    best = min(evals, key=lambda r: r["fid"])
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["ckpt-00000004.pt", "ckpt-best.pt"]
+    state = torch.load(out / "checkpoints" / "ckpt-best.pt", weights_only=False)
+    assert state["step"] == best["step"] and state["best_fid"] == pytest.approx(best["fid"])
+
+    target = out / "checkpoints" / "ckpt-best.pt"
+    args = ["evaluate", str(target), "-n", "12", "--real-num", str(REAL_NUM), "--metrics", "fid"]
+    one = json.loads(hvdgan(*args, timeout=600).stdout)
+    launch("gloo", [HVDGAN, *args, "--out", str(tmp_path / "two.json")], timeout=600)
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert (one["world_size"], two["world_size"]) == (1, 2) and one["real_count"] == REAL_NUM
+    assert one["features"]["format"] == "fid-helper" and one["features"]["sha1"] == inception.BUNDLED_SHA1
+    assert two["metrics"]["fid"] == pytest.approx(one["metrics"]["fid"], rel=1e-5)
+    assert one["metrics"]["fid"] == pytest.approx(best["fid"], rel=1e-4)  # the run's EMA, noise and reals
+
+
+def test_bundled_inception_digits_halves_close_noise_far(digits):
+    """The network as inspected: [N, 2048] features >= 0 of 299x299 inputs; FID of the digits split in
+    halves is small, against noise large (small N: FID is biased upwards, so only the ratio is tested)."""
+    net = inception.InceptionFeatures(bundled_inception())
+    assert net.kind == "fid-helper"
+    feats = evaluate.dataset_features(digits, net, limit=REAL_NUM, progress=False)
+    assert feats.shape == (REAL_NUM, 2048) and np.isfinite(feats).all() and feats.min() >= 0
+    noise = torch.randint(0, 256, (32, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    noise_feats = net(noise).numpy()
+    half = REAL_NUM // 2
+    halves = scores.frechet_distance(scores.gaussian(feats[:half]), scores.gaussian(feats[half:]))
+    vs_noise = scores.frechet_distance(scores.gaussian(feats[:half]), scores.gaussian(noise_feats))
+    assert vs_noise > 4 * halves, (halves, vs_noise)
+    assert scores.precision_recall(feats[:half], noise_feats) == (0.0, 0.0)
