@@ -198,6 +198,7 @@ def bundled_inception():
 
 
 @pytest.mark.mp
+@pytest.mark.slow
 def test_training_evaluates_keeps_the_best_and_evaluate_agrees(digits, tmp_path):
     """2 ranks train with --eval-every: FID lines in metrics.jsonl, ckpt-best.pt at the lowest one; then
     hvdgan evaluate of ckpt-best.pt, alone and on 2 ranks, gives the FID the run logged for it."""
@@ -229,6 +230,7 @@ def test_training_evaluates_keeps_the_best_and_evaluate_agrees(digits, tmp_path)
     assert one["metrics"]["fid"] == pytest.approx(best["fid"], rel=1e-4)  # the run's EMA, noise and reals
 
 
+@pytest.mark.slow
 def test_bundled_inception_digits_halves_close_noise_far(digits):
     """The network as inspected: [N, 2048] features >= 0 of 299x299 inputs; FID of the digits split in
     halves is small, against noise large (small N: FID is biased upwards, so only the ratio is tested)."""
