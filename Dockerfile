@@ -52,8 +52,11 @@ COPY pyproject.toml setup.cfg README.md ./
 COPY patches/ patches/
 COPY scripts/ scripts/
 COPY hvdgan/ hvdgan/
+# (the Inception weights for FID that setup.sh fetched into the cache mount are kept in the image)
 RUN --mount=type=cache,target=/root/.cache \
-    scripts/setup.sh
+    scripts/setup.sh && \
+    install -D -m 644 /root/.cache/hvdgan/inception/*/default_1.pt /opt/hvdgan/inception/default_1.pt
+ENV HVDGAN_INCEPTION=/opt/hvdgan/inception/default_1.pt
 COPY jobs/ jobs/
 COPY slurm/ slurm/
 

@@ -28,6 +28,7 @@ test: setup-test
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_data.py
 	$(VENV)/bin/python benchmarks/bench_train.py
+	$(VENV)/bin/python benchmarks/bench_eval.py
 
 clean-demo:
 	rm -rf runs/digits-demo

@@ -30,7 +30,8 @@ from .errors import HvdganError
 
 log = logging.getLogger("hvdgan")
 NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
-TMP = re.compile(r"^\.ckpt-\d{8}\.pt\..*\.tmp$")
+TMP = re.compile(r"^\.ckpt-(\d{8}|best)\.pt\..*\.tmp$")
+BEST = "ckpt-best.pt"
 
 
 def path_for(directory: Path, step: int) -> Path:
@@ -84,9 +85,19 @@ def save(state: dict, directory: Path, step: int, keep: int, protect: Iterable[P
     only the newest `keep` checkpoints (never one in `protect`, e.g. the one this run resumed from).
     A crash or a full disk at any point leaves the previous checkpoints intact; the error names the
     file and the cause."""
-    directory = Path(directory)
+    final = write_atomic(state, path_for(directory, step))
+    keep_safe = {Path(p).resolve() for p in protect}
+    for old in list_checkpoints(directory)[:-keep]:
+        if old.resolve() not in keep_safe:
+            old.unlink(missing_ok=True)
+    return final
+
+
+def write_atomic(state: dict, final: Path) -> Path:
+    """Temporary file, fsync, rename, fsync the directory: `final` is the old file or the new one."""
+    final = Path(final)
+    directory = final.parent
     directory.mkdir(parents=True, exist_ok=True)
-    final = path_for(directory, step)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory)
     try:
         buf = io.BytesIO()  # serialise first: torch's zip writer turns a full disk into an opaque RuntimeError
@@ -109,11 +120,13 @@ def save(state: dict, directory: Path, step: int, keep: int, protect: Iterable[P
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    keep_safe = {Path(p).resolve() for p in protect}
-    for old in list_checkpoints(directory)[:-keep]:
-        if old.resolve() not in keep_safe:
-            old.unlink(missing_ok=True)
     return final
+
+
+def save_best(state: dict, directory: Path) -> Path:
+    """ckpt-best.pt: the checkpoint of the best evaluation so far (not counted in the last K, not
+    picked by --resume auto)."""
+    return write_atomic(state, Path(directory) / BEST)
 
 
 def remove_temporaries(directory: Path) -> list[Path]:

@@ -175,6 +175,57 @@ def sample(checkpoint, out, num, single, seed, no_ema, overwrite):
     click.echo(f"wrote {written}")
 
 
+# ---------------------------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("target", metavar="[CHECKPOINT_OR_RUN_DIR]", required=False, type=click.Path())
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Reference dataset (default: the one the checkpoint was trained on).")
+@click.option("--real", multiple=True, type=click.Path(file_okay=False), metavar="DIR",
+              help="Twice, instead of a checkpoint: the distance between two datasets (the first is the reference).")
+@click.option("-n", "--num", type=click.IntRange(2, None), default=10_000, show_default=True,
+              help="Generated images (shared among the ranks).")
+@click.option("--real-num", type=click.IntRange(2, None), default=None,
+              help="Reference images: the dataset's first N (default: all).")
+@click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr (precision/recall).")
+@click.option("--inception", type=click.Path(dir_okay=False), default=None,
+              help="Inception weights file (default: $HVDGAN_INCEPTION, else the one scripts/setup.sh fetched).")
+@click.option("--batch-size", type=click.IntRange(1, None), default=32, show_default=True,
+              help="Images per Inception batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed of the generated images.")
+@click.option("--no-ema", is_flag=True, help="Evaluate G's raw weights instead of their moving average.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--no-cache", is_flag=True, help="Recompute the reference features (and do not write them).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
+def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, seed, no_ema, device, no_cache, out):
+    """FID, KID and precision/recall with Inception features, alone or under a launcher.
+
+    \b
+      hvdgan evaluate runs/digits-demo --num 2000                 # newest checkpoint vs its data
+      horovodrun -np 2 hvdgan evaluate runs/digits-demo/checkpoints/ckpt-best.pt -n 2000 --metrics fid,kid,pr
+      hvdgan evaluate --real data/digits --real data/digits-test  # two datasets
+    Prints one JSON document (rank 0). Under horovodrun write -n, not --num (horovodrun's own parser
+    takes --num for an abbreviation of its --num-proc).
+    """
+    import json
+    from pathlib import Path
+
+    from . import evaluate as evaluate_mod
+    from .scores import parse_metrics
+
+    try:
+        names = parse_metrics(metrics)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="'--metrics'") from None
+    result = evaluate_mod.run(target, real, data, num=num, real_num=real_num, metrics=names, inception=inception,
+                              batch_size=batch_size, seed=seed, ema=not no_ema, device=device,
+                              use_cache=not no_cache)
+    if result is not None:
+        text = json.dumps(result, indent=2)
+        if out:
+            Path(out).write_text(text + "\n")
+        click.echo(text)
+
+
 # ------------------------------------------------------------------------------------------ launch
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--np", "-np", "np_", type=int, required=True, help="Number of ranks (processes) to start.")

@@ -73,6 +73,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str = "none"  # none, auto (newest checkpoint in out/checkpoints) or a path
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
+    # evaluation with Inception features (hvdgan/evaluate.py, docs/evaluation.md)
+    eval_every: int = 0  # 0: off
+    eval_num: int = 10_000  # generated images per evaluation
+    eval_real_num: int | None = None  # reference images; None: the whole dataset
+    eval_metrics: str = "fid"  # comma-separated: fid, kid, pr
+    inception: str | None = None  # weights file; None: $HVDGAN_INCEPTION or the set-up's cache
 
     def validate(self, source="options") -> "TrainConfig":
         """Check every value; `source` is a string or a function key -> where the value came from
@@ -105,6 +111,17 @@ class TrainConfig:
             bad("ema", f"must be in [0, 1), got {self.ema}")
         if self.threads is not None and self.threads < 1:
             bad("threads", f"must be >= 1, got {self.threads}")
+        if self.eval_every < 0:
+            bad("eval_every", f"must be >= 0 (0: off), got {self.eval_every}")
+        for key in ("eval_num", "eval_real_num"):
+            if getattr(self, key) is not None and getattr(self, key) < 2:
+                bad(key, f"must be >= 2, got {getattr(self, key)}")
+        from .scores import parse_metrics
+
+        try:
+            parse_metrics(self.eval_metrics)
+        except ValueError as exc:
+            bad("eval_metrics", str(exc).split(": ", 1)[-1])
         if self.placement:
             from .placement import Placement
 
@@ -155,6 +172,12 @@ HELP = {
     "keep_checkpoints": "Keep the newest N checkpoints.",
     "resume": "none, auto (newest checkpoint in OUT/checkpoints) or a checkpoint path.",
     "tensorboard": "Write TensorBoard events to OUT/tensorboard when tensorboard is installed.",
+    "eval_every": "Inception FID (and --eval-metrics) of G's EMA every N steps and at the end; the best "
+                  "FID's checkpoint is kept as checkpoints/ckpt-best.pt (0: off).",
+    "eval_num": "Generated images per evaluation (shared among the ranks).",
+    "eval_real_num": "Reference images from --data (default: all; features cached in DATA/eval-cache).",
+    "eval_metrics": "Metrics of each evaluation, comma-separated: fid, kid, pr (precision/recall).",
+    "inception": "Inception weights file (default: $HVDGAN_INCEPTION, else the one scripts/setup.sh fetched).",
 }
 
 

@@ -1,5 +1,5 @@
 """What a user looks at: metrics.jsonl, TensorBoard events, sample grids, the loss plot, and a simple
-quality measure (the Frechet distance of 8x8-downsampled images)."""
+quality measure (the Frechet distance of 8x8-downsampled images, with hvdgan.scores' formula)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .scores import frechet_distance, gaussian  # noqa: F401  (the one Frechet distance, shared with FID)
+
 
 # ------------------------------------------------------------------------ Frechet distance (8x8)
 def features8(images: torch.Tensor) -> np.ndarray:
@@ -20,23 +22,6 @@ def features8(images: torch.Tensor) -> np.ndarray:
         x = x.mean(1, keepdim=True)
     x = F.adaptive_avg_pool2d(x, 8)
     return x.flatten(1).double().numpy()
-
-
-def gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return features.mean(0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(stats_a, stats_b) -> float:
-    """Frechet distance between two Gaussians (the FID formula, on whatever features were given)."""
-    import scipy.linalg
-
-    (mu1, s1), (mu2, s2) = stats_a, stats_b
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product: nudge the diagonals
-        eps = np.eye(s1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 # --------------------------------------------------------------------------------------- the run log
@@ -115,6 +100,11 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
         ax3 = ax1.twinx()
         ax3.plot(*zip(*fds), "k.--", label="FD (8x8)")
         ax3.set_ylabel("Frechet distance, 8x8"), ax3.legend(loc="upper center")
+    fids = [(r["step"], r["fid"]) for r in every if "fid" in r]
+    if fids:  # Inception FID of the --eval-every evaluations
+        ax4 = ax2.twinx()
+        ax4.plot(*zip(*fids), "rs-", label="FID (Inception)")
+        ax4.set_ylabel("FID"), ax4.legend(loc="upper center")
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)

