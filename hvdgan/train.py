@@ -65,6 +65,28 @@ def set_rng_state(gen: torch.Generator, state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def resume_batch(meta: dict, size: int, batch_size: int, batches_per_epoch: int) -> tuple[int, str | None]:
+    """Where in its epoch a resumed run continues, in batches of the new size, and a warning when that is
+    not exactly where the checkpoint left off. Ranks read contiguous ranges of the epoch's deal, and a rank's
+    order within its range does not depend on the batch size (below the 4,096-image shuffle window), so:
+    - the same world: the first `batch x old batch size` images of every rank's range are done; the new batch
+      size continues exactly when it divides that, else just past it;
+    - another world size: the ranges change; the run continues at the same fraction of its epoch."""
+    batch, old_size, old_b = meta["batch"], meta["world_size"], meta.get("batch_size") or batch_size
+    if old_size == size:
+        done = batch * old_b
+        new = min(-(-done // batch_size), batches_per_epoch)
+        if done == new * batch_size:
+            return new, None
+        return new, (f"resuming batch size {old_b} as {batch_size}: {done} images of each rank's share of epoch "
+                     f"{meta['epoch']} were done; continuing at image {new * batch_size} (batch {new})")
+    old_bpe = meta.get("batches_per_epoch") or batches_per_epoch
+    new = min(round(batch / max(old_bpe, 1) * batches_per_epoch), batches_per_epoch)
+    return new, (f"resuming a {old_size}-rank run on {size} ranks: the epoch's deal changes with the world size; "
+                 f"epoch {meta['epoch']} continues at the same fraction ({batch}/{old_bpe} -> {new}/{batches_per_epoch} "
+                 "batches), so some images of this epoch may be seen twice or not at all")
+
+
 class Trainer:
     def __init__(self, options: TrainConfig):
         dist.init()
@@ -131,7 +153,8 @@ class Trainer:
         except HvdganError as exc:
             return {"error": str(exc.message)}, None
         meta = {k: state[k] for k in ("step", "epoch", "batch", "d_updates", "rng", "world_size")}
-        meta.update(path=str(path), best_fid=state.get("best_fid", float("inf")))
+        meta.update(path=str(path), best_fid=state.get("best_fid", float("inf")),
+                    batch_size=state["config"]["batch_size"], batches_per_epoch=state["config"].get("batches_per_epoch"))
         return meta, state
 
     def _resume(self) -> None:
@@ -144,7 +167,10 @@ class Trainer:
         if self.root:
             self.gan.load_state_dict(state)
         self.gan.broadcast()  # hvd: rank 0's loaded parameters and optimizer state to every rank
-        self.step, self.epoch, self.batch = meta["step"], meta["epoch"], meta["batch"]
+        self.step, self.epoch = meta["step"], meta["epoch"]
+        self.batch, moved = resume_batch(meta, self.size, self.cfg.batch_size, self.reader.batches_per_epoch)
+        if moved and self.root:
+            log.warning(moved)
         self.last_checkpoint = self.resumed_from = meta["path"]
         self.gan.d_updates = meta["d_updates"]
         self.best_fid = meta["best_fid"]

@@ -381,10 +381,13 @@ def test_bad_sources(tmp_path):
 
 
 def test_fewer_shards_than_ranks(small):
+    """Images are dealt, not shards: 4 shards of 40 serve 5 ranks of 32 images each."""
     root, _, _ = small
-    msg = reader_error(root, rank=0, size=5)
-    assert "4 shards for 5 ranks" in msg and "re-shard with at least 5 shards" in msg and "--shards 5" in msg
-    assert "fewer than one batch of 64" in reader_error(root, rank=0, size=4, batch_size=64)
+    readers = [ShardedReader(root, rank=r, size=5, batch_size=16) for r in range(5)]
+    got = np.concatenate([np.concatenate(epoch_ids(r, 0)) for r in readers])
+    assert len(got) == 5 * 32 == len(np.unique(got))
+    msg = reader_error(root, rank=0, size=4, batch_size=64)
+    assert "160 images on 4 rank(s) give each rank 40, fewer than one batch of 64" in msg
 
 
 def test_image_size_that_does_not_fit(tmp_path):
@@ -439,15 +442,30 @@ def test_equal_batches_for_uneven_shards(tmp_path, size):
     m = write_dataset(tmp_path / "u", x, None, per_shard=40)  # 6 shards of 40, one of 10
     assert [s.count for s in m.shards] == [40] * 6 + [10]
     readers = [ShardedReader(tmp_path / "u", rank=r, size=size, batch_size=8, in_memory=r % 2 == 0) for r in range(size)]
-    smallest = {2: 10 + 40 + 40, 3: 10 + 40}[size]  # the fewest images a rank can be dealt
-    assert {r.batches_per_epoch for r in readers} == {smallest // 8}
+    share = 250 // size  # images are dealt: every rank gets floor(N / size), whatever the shard sizes
+    assert {r.batches_per_epoch for r in readers} == {share // 8}
     for epoch in range(4):
         per_rank = [epoch_ids(r, epoch) for r in readers]
-        assert [len(b) for b in per_rank] == [smallest // 8] * size
+        assert [len(b) for b in per_rank] == [share // 8] * size
         got = np.concatenate([np.concatenate(b) for b in per_rank])
         assert len(np.unique(got)) == len(got)  # no image twice in an epoch, across ranks
+        assert 250 - len(got) < size * 8  # an epoch is one pass over the data, less fewer than size x batch
         dealt = [set(r.shards_of(epoch).tolist()) for r in readers]
-        assert set().union(*dealt) == set(range(7)) and sum(map(len, dealt)) == 7
+        assert set().union(*dealt) == set(range(7))
+
+
+def test_an_epoch_is_one_pass_whatever_the_shard_sizes(tmp_path):
+    """Issue 11: 3,010 images in shards of 1000, 1000, 1000 and 10 on 4 ranks with batch 8 used 32 images an
+    epoch when whole shards were dealt; dealing images uses all but fewer than 4 x 8."""
+    x = make_images(3010)
+    m = write_dataset(tmp_path / "u", x, None, per_shard=1000)
+    assert [s.count for s in m.shards] == [1000, 1000, 1000, 10]
+    readers = [ShardedReader(tmp_path / "u", rank=r, size=4, batch_size=8, in_memory=r < 2) for r in range(4)]
+    assert {r.batches_per_epoch for r in readers} == {752 // 8}
+    for epoch in range(2):
+        got = np.concatenate([np.concatenate(epoch_ids(r, epoch)) for r in readers])
+        assert len(got) == 4 * 94 * 8 == 3008 and len(np.unique(got)) == len(got)
+        assert 3010 - len(got) < 4 * 8
 
 
 def _child_read(reader, q):

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from conftest import HVDGAN as HVDGAN_EXE
 from conftest import ROOT, hvdgan, launch, run_env
 from hvdgan import checkpoint as ckpt
 from hvdgan import resources
@@ -203,3 +204,42 @@ def test_syncbn_is_stable_against_batchnorm_on_the_whole_batch(tmp_path, momentu
     assert errors["out"] < 2e-3, errors  # normalised outputs (float32 resolution of x ~ 30 is 2e-6 = 7e-4 std)
     assert errors["grad"] < 2e-3, errors
     assert errors["running_mean"] < 1e-5 and errors["running_var"] < 1e-3, errors
+
+
+# ------------------------------------------------------------------ 1. resume across world and batch sizes
+def test_resume_across_world_and_batch_sizes(digits, tmp_path):
+    """2 ranks -> 1 rank -> 2 ranks with batch 16 -> 32: each resume continues (with a warning), none crashes,
+    and the history is one run. The 1-rank run stops at batch 60 of its 112, more than the 56 batches of a
+    2-rank epoch (before: `start_batch: must be in 0..56, got 60`)."""
+    out = tmp_path / "run"
+    common = [HVDGAN_EXE, "train", "--data", str(digits), "--out", str(out), *SMALL, "--log-every", "10",
+              "--checkpoint-every", "1000"]
+    launch("gloo", [*common, "--max-steps", "4"])
+    one = hvdgan(*common[1:], "--max-steps", "60", "--resume", "auto")
+    assert "resuming a 2-rank run on 1 ranks" in one.stderr and "same fraction" in one.stderr
+    two = launch("gloo", [*common, "--max-steps", "64", "--resume", "auto", "--batch-size", "32"])
+    assert "resuming a 1-rank run on 2 ranks" in two.stdout + two.stderr
+    assert json.loads((out / "result.json").read_text())["step"] == 64
+    assert steps_of(out) == [4, *range(10, 61, 10), 64]
+
+
+def test_batch_size_change_continues_exactly():
+    from hvdgan.train import resume_batch
+
+    meta = {"batch": 6, "world_size": 2, "batch_size": 16, "epoch": 3, "batches_per_epoch": 56}
+    assert resume_batch(meta, 2, 32, 28) == (3, None)  # 96 images done: batch 3 of 32, exactly
+    batch, warning = resume_batch(meta, 2, 64, 14)  # 96 is no multiple of 64: continue just past it
+    assert batch == 2 and "continuing at image 128" in warning
+    assert resume_batch({**meta, "batch": 50}, 2, 16, 56) == (50, None)  # same world and batch size: exact
+    batch, warning = resume_batch({**meta, "world_size": 1, "batch": 60, "batches_per_epoch": 112}, 2, 16, 56)
+    assert batch == 30 and "same fraction" in warning  # was: start_batch must be in 0..56, got 60
+
+
+def test_a_ranks_first_images_do_not_depend_on_the_batch_size(digits):
+    """What makes a batch-size change exact: the set of the first k images of a rank's share is the same
+    for every batch size that divides k."""
+    from hvdgan.data import ShardedReader
+
+    a = ShardedReader(digits, rank=1, size=2, batch_size=16, seed=3).rows(2)
+    b = ShardedReader(digits, rank=1, size=2, batch_size=32, seed=3).rows(2)
+    assert set(a[:96].tolist()) == set(b[:96].tolist())

@@ -13,7 +13,6 @@ torch is imported when an epoch starts (the batches are torch tensors), not with
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from typing import Any, Iterator
@@ -28,14 +27,16 @@ from .format import (MANIFEST, SHUFFLE_WINDOW, check_file_size, check_shard_stru
 class ShardedReader:
     """Batches of one rank's share of a sharded dataset.
 
-    Every epoch the shard list is shuffled with (seed, epoch), the same on every rank, and dealt out:
-    rank r gets shards order[r::size]. Within its shards a rank reads contiguous blocks (one chunk each),
-    shuffles the blocks, and shuffles the images within windows of `shuffle_window` images; the images of
-    one batch are then put in storage order (a batch is a set; this makes its reads runs of rows). Every
-    rank yields `batches_per_epoch` = floor(S_min / batch_size) batches, where S_min is the fewest images
-    any rank can be dealt (the sum of the floor(shards / size) smallest shards); the rest of a rank's images
-    that epoch are dropped (they come back in other epochs, with other shards). The order depends only on
-    (manifest, seed, epoch, rank, size, batch_size, shuffle_window): not on `in_memory` or `direct`.
+    Every epoch the shard list is shuffled with (seed, epoch), the same on every rank, and its images, in that
+    shard order, are dealt out in `size` contiguous ranges of floor(N / size) images: rank r reads range r, a
+    few whole shards plus at most two pieces of the shards at its range's ends. Within its range a rank reads
+    contiguous blocks (at most one chunk each), shuffles the blocks, and shuffles the images within windows of
+    `shuffle_window` images; the images of one batch are then put in storage order (a batch is a set; this
+    makes its reads runs of rows). Every rank yields `batches_per_epoch` = floor(floor(N / size) / batch_size)
+    batches, whatever the shard sizes: an epoch is one pass over the data, less fewer than size x batch_size
+    images (the rest of the deal and the last partial batch of each rank; other images every epoch). The
+    order depends only on (manifest, seed, epoch, rank, size, batch_size, shuffle_window): not on `in_memory`
+    or `direct`.
 
     in_memory: hold the rank's shards of the epoch in memory (read whole, once per epoch; kept across epochs
     while the rank's shard set stays the same, e.g. always with one rank) when they fit in half the job's
@@ -57,22 +58,16 @@ class ShardedReader:
             raise HvdganError(f"seed: must be >= 0, got {seed}")
         if check_size:
             m.check_model_size()
-        k = len(m.shards)
-        if k < size:
-            raise HvdganError(f"{m.path}: {k} shard{'s' if k > 1 else ''} for {size} ranks (every rank needs at least "
-                              f"one); re-shard with at least {size} shards: hvdgan prepare SOURCE {m.root} "
-                              f"--shards {size} --overwrite")
         self.rank, self.size, self.batch_size, self.seed = rank, size, batch_size, seed
         self.shuffle_window = max(shuffle_window, batch_size)  # so that a batch spans at most two windows
         self.verify, self.direct = verify, direct
-        counts = sorted(s.count for s in m.shards)
-        self.min_rank_samples = sum(counts[: k // size])
+        self.min_rank_samples = m.count // size  # every rank's share of an epoch (images are dealt, not shards)
         self.batches_per_epoch = self.min_rank_samples // batch_size
         if self.batches_per_epoch < 1:
-            raise HvdganError(f"{m.path}: with {size} rank(s) a rank may be dealt only {self.min_rank_samples} images, "
-                              f"fewer than one batch of {batch_size}: lower the batch size, or re-shard into a "
-                              f"multiple of {size} shards of equal size (hvdgan prepare ... --shards N)")
-        most = sum(counts[-math.ceil(k / size):]) * m.bytes_per_image
+            raise HvdganError(f"{m.path}: {m.count} images on {size} rank(s) give each rank {self.min_rank_samples}, "
+                              f"fewer than one batch of {batch_size}: lower the batch size or use fewer ranks")
+        # a rank holds the shards its range touches: its share, plus the two shards it may share with neighbours
+        most = (self.min_rank_samples + 2 * max(s.count for s in m.shards)) * m.bytes_per_image
         self.in_memory = bool(in_memory)
         from ..resources import memory_budget  # (the job's memory on the node: cgroup, Slurm --mem or RAM)
 
@@ -210,18 +205,30 @@ class ShardedReader:
         return view
 
     # -- the plan
-    def shards_of(self, epoch: int) -> np.ndarray:
-        """The shards this rank reads in `epoch` (the same deal on every rank)."""
+    def pieces_of(self, epoch: int) -> list[tuple[int, int, int]]:
+        """This rank's range of `epoch`'s deal as (shard, start, stop) pieces, in the epoch's shard order."""
+        if epoch < 0:
+            raise HvdganError(f"epoch: must be >= 0, got {epoch}")
         order = np.random.default_rng([self.seed, epoch, 0]).permutation(len(self._counts))
-        return order[self.rank::self.size]
+        lo, hi = self.rank * self.min_rank_samples, (self.rank + 1) * self.min_rank_samples
+        pieces, pos = [], 0
+        for s in order:
+            c = int(self._counts[s])
+            a, b = max(lo, pos), min(hi, pos + c)
+            if a < b:
+                pieces.append((int(s), a - pos, b - pos))
+            pos += c
+        return pieces
+
+    def shards_of(self, epoch: int) -> np.ndarray:
+        """The shards this rank reads (a part of) in `epoch`."""
+        return np.array([s for s, _, _ in self.pieces_of(epoch)], dtype=np.int64)
 
     def _windows(self, epoch: int):
         """[(blocks [(shard, start, stop)], permutation of the window's images)], covering this epoch's batches."""
-        if epoch < 0:
-            raise HvdganError(f"epoch: must be >= 0, got {epoch}")
         blk = self.manifest.chunk_rows
-        blocks = [(int(s), a, min(a + blk, int(self._counts[s])))
-                  for s in self.shards_of(epoch) for a in range(0, int(self._counts[s]), blk)]
+        blocks = [(s, a, min((a // blk + 1) * blk, b)) for s, lo, b in self.pieces_of(epoch)
+                  for a in [lo, *range((lo // blk + 1) * blk, b, blk)]]
         rng = np.random.default_rng([self.seed, epoch, 1, self.rank, self.size])
         blocks = [blocks[j] for j in rng.permutation(len(blocks))]
         need = self.samples_per_epoch
