@@ -15,6 +15,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import topology
 from .config import TrainConfig
 from .data import ShardedReader, to_float
 from .errors import HvdganError
@@ -181,6 +182,10 @@ class Trainer:
                      self.size, cfg.batch_size, describe(self.devices), self.out)
             if self.step == 0:
                 self.sample()
+        # every rank's node, local rank and shards -> world.json (a collective; rank 0 made the directory)
+        world = topology.record_world(self.hvd, self.reader, self.epoch, self.out)
+        if self.root:
+            log.info("world: %d rank(s) on %s", self.size, topology.describe_nodes(world))
         bar = None
         if self.root:
             from tqdm import tqdm
@@ -232,6 +237,7 @@ class Trainer:
                 self.epoch, self.batch = self.epoch + 1, 0
         if bar is not None:
             bar.close()
+        result["parameters_identical"] = topology.parameters_agree(self.hvd, (self.gan.G, self.gan.D))  # collective
         if self.root:
             self.runlog.close()
             plot = plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
