@@ -279,6 +279,10 @@ MaxSessions 100
                 _sh("ip", "link", "del", name, check=False)
             elif kind == "etc":
                 shutil.rmtree(name, ignore_errors=True)
+                try:
+                    os.rmdir(Path(name).parent)  # /etc/netns, when nothing else is in it
+                except OSError:
+                    pass
         self._made.clear()
 
 

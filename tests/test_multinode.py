@@ -108,6 +108,19 @@ def test_cluster_has_two_nodes_with_their_own_names(two_nodes):
     assert two_nodes.addr("node2") in ssh.stdout
 
 
+def test_hvdgan_info_shows_the_nodes(two_nodes):
+    """`srun --mpi=pmix` from the host (a login node): one 4-rank world, its nodes and local ranks."""
+    env = dict(run_env(), SLURM_CONF=two_nodes.env["SLURM_CONF"])
+    proc = two_nodes.run(["srun", "--mpi=pmix", "-N", "2", "--ntasks-per-node=2", HVDGAN, "info"], env=env,
+                         timeout=300, check=False)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "world: 4 rank(s) on 2 node(s): node1 ranks 0-1, node2 ranks 2-3" in out, out
+    rows = [line.split() for line in out.splitlines() if re.match(r"^\d+\s+\d+\s+4\s+2\s+node\d", line)]
+    assert [(r[0], r[1], r[4]) for r in rows] == [("0", "0", "node1"), ("1", "1", "node1"), ("2", "0", "node2"),
+                                                  ("3", "1", "node2")], out
+
+
 # ------------------------------------------------------------------------------------------- Slurm
 def submit(cluster, workdir: Path, env: dict, *sbatch_args) -> tuple[int, Path]:
     """`sbatch --nodes=2 --ntasks-per-node=2 slurm/train.sh jobs/digits-demo.yaml` from the repository."""
