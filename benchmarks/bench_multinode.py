@@ -15,8 +15,8 @@ np=4 on two nodes against np=4 on one node: the cost of going through the networ
 Each configuration reports the median `time_step` of its logged windows after the first two (warm-up);
 configurations alternate over rounds and the result is the median over rounds.
 
-    .venv/bin/python benchmarks/bench_multinode.py            # about 4 minutes on 2 cores (root: namespaces)
-    .venv/bin/python benchmarks/bench_multinode.py --quick    # about 2 minutes
+    .venv/bin/python benchmarks/bench_multinode.py            # 2 rounds of 100 steps (root: namespaces)
+    .venv/bin/python benchmarks/bench_multinode.py --quick    # 1 round of 60 steps (9 min under heavy load)
 """
 
 from __future__ import annotations
