@@ -222,8 +222,11 @@ class Trainer:
                         t_data, t_window, steps_in_window = 0.0, now, 0
                     if status["preempted"]:
                         path = self.save_checkpoint()
+                        # which ranks the signal reached (by now: a rank that got it after the step's sync too)
+                        seen = self.hvd.allgather_object(preempt.signum, name="hvdgan.preempt.seen")
                         if self.root:
-                            log.warning("preempted (signal %d) at step %d: checkpoint %s", status["preempted"],
+                            log.warning("preempted (signal %d, seen by rank(s) %s) at step %d: checkpoint %s",
+                                        status["preempted"], ",".join(str(r) for r, s in enumerate(seen) if s),
                                         self.step, path)
                         result = {"status": "preempted"}
                         break
