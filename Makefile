@@ -2,10 +2,11 @@
 VENV ?= .venv
 NP ?= 2
 PYTEST_ARGS ?=
-# the test suite also needs a local Slurm (tests/test_slurm.py starts one)
-TEST_PACKAGES = slurmctld slurmd slurm-client munge libpmix2
+# the test suite also needs a local Slurm (tests/test_slurm.py starts one), and sshd and iproute2 for the
+# two-node cluster of tests/test_multinode.py (network namespaces, horovodrun/mpirun over ssh)
+TEST_PACKAGES = slurmctld slurmd slurm-client munge libpmix2 openssh-server iproute2
 
-.PHONY: setup setup-test demo test bench clean-demo gpu-bundle gpu-check
+.PHONY: setup setup-test demo test bench bench-multinode clean-demo gpu-bundle gpu-check
 
 setup:
 	bash scripts/setup.sh
@@ -29,6 +30,10 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_data.py
 	$(VENV)/bin/python benchmarks/bench_train.py
 	$(VENV)/bin/python benchmarks/bench_eval.py
+
+# weak scaling on the two-node test cluster (root: network namespaces; openssh-server, see TEST_PACKAGES)
+bench-multinode: setup-test
+	$(VENV)/bin/python benchmarks/bench_multinode.py
 
 clean-demo:
 	rm -rf runs/digits-demo

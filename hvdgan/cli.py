@@ -234,10 +234,16 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
 @click.option("--launcher", type=click.Choice(["horovodrun", "mpirun", "srun"]), default="horovodrun",
               show_default=True, help="srun runs with --mpi=pmix (inside or outside an allocation).")
 @click.option("--gloo/--mpi", "gloo", default=None, help="horovodrun's controller (default: horovodrun's choice).")
+@click.option("--mca", multiple=True, metavar="KEY=VALUE",
+              help="mpirun's Open MPI settings, repeatable; replace the default $HVDGAN_MPIRUN_MCA or "
+                   "'pml=ob1 btl=^openib' (e.g. --mca pml=ucx on InfiniBand).")
+@click.option("--iface", metavar="NAME", default=None,
+              help="Network interface for the ranks' traffic (Gloo, Open MPI TCP, NCCL bootstrap); default "
+                   "$HVDGAN_NET_IFACE, else the launcher's own choice.")
 @click.option("--dry-run", is_flag=True, help="Print the command and exit.")
 @click.argument("job", metavar="JOB")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAIN OPTIONS...]")
-def launch(np_, hosts, hostfile, launcher, gloo, dry_run, job, extra):
+def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, dry_run, job, extra):
     """Start `hvdgan train --job JOB` on N ranks with horovodrun, mpirun or srun.
 
     \b
@@ -257,7 +263,7 @@ def launch(np_, hosts, hostfile, launcher, gloo, dry_run, job, extra):
         extra = extra[1:]
     try:
         cmd = launch_mod.compose(np_, job, extra, launcher=launcher, controller=controller,
-                                 hosts=hosts, hostfile=hostfile)
+                                 hosts=hosts, hostfile=hostfile, mca=mca, iface=iface)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(launch_mod.quote(cmd))

@@ -102,7 +102,9 @@ def run(as_json: bool = False, placement: str | None = None) -> None:
     click.echo(f"  controllers  {', '.join(b['controllers'])} (in use: {world[0]['controller']})")
     click.echo(f"  tensor ops   {', '.join(b['tensor_operations'])}; CUDA built: {'yes' if b['cuda'] else 'no'}")
     click.echo(f"  GPUs         {', '.join(report['gpus']) or 'none'}")
-    click.echo(f"world: {len(world)} rank(s)")
+    from .topology import describe_nodes
+
+    click.echo(f"world: {len(world)} rank(s) on {describe_nodes(world)}")
     click.echo(table(world, ["rank", "local_rank", "size", "local_size", "host", "pid", "controller", "gpus"]))
     click.echo("placement: " + (placement or "none (every block on the rank's default device)"))
     click.echo(table(placement_rows(world), ["rank", "local_rank", "host", "gpus used", "devices"]))

@@ -28,19 +28,71 @@ def _tool(name: str) -> str:
     return here if os.access(here, os.X_OK) else (shutil.which(name) or name)
 
 
+# Open MPI settings `hvdgan launch --launcher mpirun` passes by default: Horovod's documented mpirun line (the
+# ob1 PML over TCP and shared memory, no openib BTL, which misbehaves with fork()). On an InfiniBand cluster
+# this keeps MPI traffic on TCP: a site changes it with HVDGAN_MPIRUN_MCA (e.g. "pml=ucx"; empty: pass none)
+# or `hvdgan launch --mca KEY=VALUE` (repeatable; replaces the default).
+DEFAULT_MCA = "pml=ob1 btl=^openib"
+
+
+def mca_settings(mca=None, env=os.environ) -> list[tuple[str, str]]:
+    """(key, value) pairs from `--mca` values, else HVDGAN_MPIRUN_MCA, else DEFAULT_MCA."""
+    if mca:
+        items, source = list(mca), "--mca"
+    else:
+        items, source = env.get("HVDGAN_MPIRUN_MCA", DEFAULT_MCA).split(), "HVDGAN_MPIRUN_MCA"
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{source}: {item!r} is not KEY=VALUE (e.g. pml=ucx)")
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def iface_args(launcher: str, iface: str | None) -> list[str]:
+    """The launcher's options that put rank-to-rank TCP traffic on one network interface (`--iface`,
+    HVDGAN_NET_IFACE): Horovod's Gloo (HOROVOD_GLOO_IFACE), Open MPI's TCP BTL and out-of-band channel
+    (btl_tcp_if_include, oob_tcp_if_include) and NCCL's bootstrap (NCCL_SOCKET_IFNAME)."""
+    if not iface:
+        return []
+    if launcher == "horovodrun":  # sets HOROVOD_GLOO_IFACE / btl_tcp_if_include and NCCL_SOCKET_IFNAME itself
+        return ["--network-interface", iface]
+    if launcher == "mpirun":
+        return ["-mca", "btl_tcp_if_include", iface, "-mca", "oob_tcp_if_include", iface,
+                "-x", f"NCCL_SOCKET_IFNAME={iface}"]
+    return [f"--export=ALL,OMPI_MCA_btl_tcp_if_include={iface},NCCL_SOCKET_IFNAME={iface},HOROVOD_GLOO_IFACE={iface}"]
+
+
 def exported_names(env=os.environ) -> list[str]:
     return sorted(k for k in env if k.startswith(EXPORT_PREFIXES) or k in EXPORT_NAMES)
 
 
-def hostfile_hosts(path: str) -> list[str]:
-    """Host names of an Open MPI / Horovod hostfile (`host slots=4` or `host:4` lines, # comments)."""
-    names = []
+def hostfile_slots(path: str) -> list[tuple[str, int]]:
+    """(host, slots) of an Open MPI / Horovod hostfile: `host slots=4`, `host:4` or `host` (1 slot) lines,
+    blank lines and # comments."""
+    hosts = []
     with open(path) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                names.append(line.split()[0].split(":")[0])
-    return names
+        for number, raw in enumerate(f, 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            words = line.split()
+            name, _, slots = words[0].partition(":")
+            for word in words[1:]:
+                if word.startswith("slots="):
+                    slots = word[len("slots="):]
+            if not name or not (slots or "1").isdigit() or int(slots or "1") < 1:
+                raise ValueError(f"--hostfile {path}, line {number}: {raw.strip()!r} is not `host slots=N` or `host:N`")
+            hosts.append((name, int(slots or "1")))
+    if not hosts:
+        raise ValueError(f"--hostfile {path}: no hosts in it")
+    return hosts
+
+
+def hostfile_hosts(path: str) -> list[str]:
+    """Host names of an Open MPI / Horovod hostfile."""
+    return [name for name, _ in hostfile_slots(path)]
 
 
 @dataclass
@@ -50,6 +102,8 @@ class Launch:
     controller: str | None = None  # "gloo" or "mpi" (horovodrun only)
     hosts: str | None = None  # "host1:4,host2:4"
     hostfile: str | None = None
+    mca: tuple[str, ...] | None = None  # mpirun's KEY=VALUE settings (None: HVDGAN_MPIRUN_MCA or DEFAULT_MCA)
+    iface: str | None = None  # network interface for rank traffic (None: the launcher's own choice)
 
     def command(self, argv: list[str], env=os.environ) -> list[str]:
         if self.np < 1:
@@ -58,8 +112,11 @@ class Launch:
             cmd = [_tool("horovodrun"), "-np", str(self.np)]
             if self.controller:
                 cmd.append(f"--{self.controller}")
+            cmd += iface_args("horovodrun", self.iface)
             if self.hostfile:
-                cmd += ["--hostfile", self.hostfile]
+                # horovodrun's own --hostfile parser fails on comments, blank lines and `host:N` lines
+                # (horovod 0.28 IndexError): hand it the hosts as -H instead
+                cmd += ["-H", ",".join(f"{h}:{n}" for h, n in hostfile_slots(self.hostfile))]
             else:
                 cmd += ["-H", self.hosts or f"localhost:{self.np}"]
             return cmd + argv
@@ -76,7 +133,9 @@ class Launch:
                 cmd.append("--oversubscribe")
             for name in exported_names(env):
                 cmd += ["-x", name]
-            cmd += ["-mca", "pml", "ob1", "-mca", "btl", "^openib"]
+            for key, value in mca_settings(self.mca, env):
+                cmd += ["-mca", key, value]
+            cmd += iface_args("mpirun", self.iface)
             return cmd + argv
         if self.launcher == "srun":
             cmd = ["srun", "--mpi=pmix", f"--ntasks={self.np}"]
@@ -85,7 +144,7 @@ class Launch:
                 [h.split(":")[0] for h in self.hosts.split(",") if h] if self.hosts else [])
             if names:
                 cmd.append("--nodelist=" + ",".join(dict.fromkeys(names)))
-            return cmd + argv
+            return cmd + iface_args("srun", self.iface) + argv
         raise ValueError(f"unknown launcher {self.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
 
 
@@ -117,7 +176,8 @@ def train_argv(job: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
 
 
 def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controller: str | None = None,
-            hosts: str | None = None, hostfile: str | None = None, env=os.environ) -> list[str]:
+            hosts: str | None = None, hostfile: str | None = None, env=os.environ, mca=None,
+            iface: str | None = None) -> list[str]:
     """The full launcher line for `hvdgan launch`. Gloo is a horovodrun mode: mpirun and srun start MPI
     ranks, so `--gloo` with them is an error rather than silently ignored."""
     if launcher not in LAUNCHERS:
@@ -126,8 +186,11 @@ def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controlle
         raise ValueError(f"--gloo needs --launcher horovodrun ({launcher} starts MPI ranks; use --mpi or leave it out)")
     if hosts and hostfile:
         raise ValueError("give --hosts or --hostfile, not both")
+    if mca and launcher != "mpirun":
+        raise ValueError(f"--mca is mpirun's (with {launcher}, set OMPI_MCA_<key> in the environment)")
     spec = Launch(np=np, launcher=launcher, controller=controller if launcher == "horovodrun" else None,
-                  hosts=hosts, hostfile=hostfile)
+                  hosts=hosts, hostfile=hostfile, mca=tuple(mca) if mca else None,
+                  iface=iface if iface is not None else (env.get("HVDGAN_NET_IFACE") or None))
     return spec.command(train_argv(job, extra), env=env)
 
 

@@ -15,6 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from . import history
 from . import distributed as dist
+from . import topology
 from .config import DataFacts, Resolved, TrainConfig, World, resolve
 from .data import ShardedReader, to_float
 from .errors import HvdganError
@@ -221,6 +222,10 @@ class Trainer:
                      self.size, cfg.batch_size, describe(cfg.devices), self.out)
             if self.step == 0:
                 self.sample()
+        # every rank's node, local rank and shards -> world.json (a collective; rank 0 made the directory)
+        world = topology.record_world(self.hvd, self.reader, self.epoch, self.out)
+        if self.root:
+            log.info("world: %d rank(s) on %s", self.size, topology.describe_nodes(world))
         bar = None
         if self.root:
             from tqdm import tqdm
@@ -257,8 +262,11 @@ class Trainer:
                         t_data, t_window, steps_in_window = 0.0, now, 0
                     if status["preempted"]:
                         path = self.save_checkpoint()
+                        # which ranks the signal reached (by now: a rank that got it after the step's sync too)
+                        seen = self.hvd.allgather_object(preempt.signum, name="hvdgan.preempt.seen")
                         if self.root:
-                            log.warning("preempted (signal %d) at step %d: checkpoint %s", status["preempted"],
+                            log.warning("preempted (signal %d, seen by rank(s) %s) at step %d: checkpoint %s",
+                                        status["preempted"], ",".join(str(r) for r, s in enumerate(seen) if s),
                                         self.step, path)
                         result = {"status": "preempted"}
                         break
@@ -274,6 +282,7 @@ class Trainer:
                 self.epoch, self.batch = self.epoch + 1, 0
         if bar is not None:
             bar.close()
+        result["parameters_identical"] = topology.parameters_agree(self.hvd, (self.gan.G, self.gan.D))  # collective
         if self.root:
             self.runlog.close()
             plot = plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")

@@ -41,6 +41,24 @@ export HDF5_USE_FILE_LOCKING=FALSE      # HDF5 locks fail or hang on many parall
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 export PYTHONUNBUFFERED=1
 
+# --- network interface for the ranks' TCP traffic: Horovod's Gloo (HOROVOD_GLOO_IFACE), Open MPI's TCP BTL
+# and out-of-band channel (OMPI_MCA_btl_tcp_if_include, OMPI_MCA_oob_tcp_if_include) and NCCL's bootstrap
+# (NCCL_SOCKET_IFNAME). HVDGAN_NET_IFACE=ib0 names it. Unset, on several nodes it is the interface this node
+# reaches the next node of the allocation through (`ip route get`: sends nothing); on one node the
+# libraries choose. A variable you set yourself is kept.
+iface=${HVDGAN_NET_IFACE:-}
+if [ -z "$iface" ] && [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] && command -v ip >/dev/null 2>&1; then
+  peer=$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null | grep -vx "$(hostname -s)" | head -n 1 || true)
+  addr=$( { [ -n "$peer" ] && getent hosts "$peer"; } | awk '{print $1; exit}' || true)
+  [ -n "$addr" ] && iface=$(ip -o route get "$addr" 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p' || true)
+fi
+if [ -n "$iface" ]; then
+  export HOROVOD_GLOO_IFACE=${HOROVOD_GLOO_IFACE:-$iface} NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-$iface}
+  # Open MPI refuses an include and an exclude list together: an exclude list of yours wins
+  [ -n "${OMPI_MCA_btl_tcp_if_exclude:-}" ] || export OMPI_MCA_btl_tcp_if_include=${OMPI_MCA_btl_tcp_if_include:-$iface}
+  [ -n "${OMPI_MCA_oob_tcp_if_exclude:-}" ] || export OMPI_MCA_oob_tcp_if_include=${OMPI_MCA_oob_tcp_if_include:-$iface}
+fi
+
 # --- hvdgan: from PATH, else from a virtual environment ---------------------------------------------
 if ! command -v hvdgan >/dev/null 2>&1; then
   venv=${HVDGAN_VENV:-${SLURM_SUBMIT_DIR:-$PWD}/.venv}
@@ -68,6 +86,7 @@ esac
 cmd+=(hvdgan train --job "$JOB" --resume auto "$@")
 
 say "job ${SLURM_JOB_ID:-?} start ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NODELIST:-?}"
+say "network interface: ${iface:-(chosen by MPI, Gloo and NCCL)}"
 say "$(printf '%q ' "${cmd[@]}")"
 
 # --- run in the background so that this shell can take signals while the ranks train ----------------

@@ -130,7 +130,9 @@ class SlurmCluster:
     # ------------------------------------------------------------------------------------ set-up
     def _write_files(self) -> None:
         r = self.root
-        for d in ("state", "spool", "log", "run"):
+        # tmp: TmpFS, where the PMIx plugin makes its per-step directories (spmix_appdir_<uid>_<job>.<step>):
+        # in /tmp they would collide with another test cluster's (job ids start at 1 in each)
+        for d in ("state", "spool", "log", "run", "tmp"):
             (r / d).mkdir(mode=0o700)
         key = r / "munge.key"
         key.write_bytes(os.urandom(1024))
@@ -141,7 +143,6 @@ class SlurmCluster:
         conf = f"""\
 ClusterName=hvdgan
 MailProg=/bin/true
-SlurmctldHost={self.node}(127.0.0.1)
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}
 SlurmUser=root
@@ -150,11 +151,8 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
 SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -177,11 +175,35 @@ SlurmctldTimeout=30
 SlurmdTimeout=60
 MessageTimeout=20
 JobRequeue=1
+""" + self._host_lines()
+        self.conf = r / "slurm.conf"
+        self.conf.write_text(conf)
+
+    def _host_lines(self) -> str:
+        """The slurm.conf lines that name hosts and addresses: the controller, slurmd's files, the nodes
+        and the partition (a multi-node cluster overrides this, see tests/multinode_cluster.py)."""
+        r = self.root
+        return f"""SlurmctldHost={self.node}(127.0.0.1)
+SlurmdSpoolDir={r}/spool
+SlurmdPidFile={r}/run/slurmd.pid
+SlurmdLogFile={r}/log/slurmd.log
+TmpFS={r}/tmp
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1 State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 """
-        self.conf = r / "slurm.conf"
-        self.conf.write_text(conf)
+
+    @property
+    def nodes(self) -> list[str]:
+        """The Slurm node names (one here)."""
+        return [self.node]
+
+    def _start_slurmds(self) -> None:
+        """Start every node's slurmd (here one, in this host's namespaces, under the subreaper)."""
+        self._spawn("slurmd", [sys.executable, "-c", REAPER, "slurmd", "-D", "-N", self.node, "-f", str(self.conf)],
+                    self.env)
+
+    def _stop_hosts(self) -> None:
+        """After the daemons stopped: tear down what _start_slurmds built besides them (nothing here)."""
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = open(self.root / "log" / f"{name}.stdout", "wb")
@@ -216,13 +238,13 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
                 self._fail("munged socket did not appear")
             time.sleep(0.05)
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)], self.env)
-        self._spawn("slurmd", [sys.executable, "-c", REAPER, "slurmd", "-D", "-N", self.node, "-f", str(self.conf)], self.env)
+        self._start_slurmds()
         while True:
             for name, p in self.procs.items():
                 if p.poll() is not None:
                     self._fail(f"{name} exited with {p.returncode}")
             out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True)
-            if out.returncode == 0 and f"{self.node} idle" in out.stdout:
+            if out.returncode == 0 and all(f"{n} idle" in out.stdout for n in self.nodes):
                 break
             if time.monotonic() - t0 > timeout:
                 self._fail(f"node not idle after {timeout:.0f}s (sinfo: {out.stdout.strip()} {out.stderr.strip()})")
@@ -304,9 +326,9 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
         if self.root is None:
             return
         self._cancel_all()
-        for name in ("slurmd", "slurmctld", "munged"):
-            p = self.procs.get(name)
-            if p is not None and p.poll() is None:
+        for name in sorted(self.procs, key=lambda n: {"slurmctld": 1, "munged": 2}.get(n, 0)):  # slurmd(s) first
+            p = self.procs[name]
+            if p.poll() is None:
                 p.terminate()
         for name, p in self.procs.items():
             try:
@@ -325,6 +347,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP Over
                     pass
             time.sleep(0.2)
         self.procs.clear()
+        self._stop_hosts()
         if not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -204,3 +204,55 @@ def test_digits_demo_is_small():
     cfg = build(load_job_file(REPO / DEMO))
     assert (cfg.data, cfg.image_size) == ("data/digits", 32)
     assert cfg.max_steps and cfg.max_steps <= 2000 and cfg.checkpoint_every < cfg.max_steps
+
+
+# ------------------------------------------------------------------ mpirun's MCA default, network interface
+def _mca(cmd):
+    return [(cmd[i + 1], cmd[i + 2]) for i, a in enumerate(cmd) if a == "-mca"]
+
+
+def test_mpirun_mca_is_a_default_a_site_can_change():
+    assert _mca(L.compose(2, DEMO, launcher="mpirun", env={})) == [("pml", "ob1"), ("btl", "^openib")]
+    assert _mca(L.compose(2, DEMO, launcher="mpirun", env={"HVDGAN_MPIRUN_MCA": "pml=ucx osc=ucx"})) == \
+        [("pml", "ucx"), ("osc", "ucx")]
+    assert _mca(L.compose(2, DEMO, launcher="mpirun", env={"HVDGAN_MPIRUN_MCA": ""})) == []
+    result, cmd = dry("--np", "2", "--launcher", "mpirun", "--mca", "pml=ucx", "--mca", "btl=self,vader", DEMO,
+                      env={"HVDGAN_MPIRUN_MCA": "pml=ob1"})
+    assert result.exit_code == 0, result.output
+    assert _mca(cmd) == [("pml", "ucx"), ("btl", "self,vader")]  # --mca replaces the environment's default
+
+
+def test_bad_mca_is_named():
+    result, _ = dry("--np", "2", "--launcher", "mpirun", "--mca", "pml", DEMO)
+    assert result.exit_code == 2 and "--mca" in result.output and "'pml'" in result.output
+    result, _ = dry("--np", "2", "--launcher", "mpirun", DEMO, env={"HVDGAN_MPIRUN_MCA": "pml=ob1 =x"})
+    assert result.exit_code == 2 and "HVDGAN_MPIRUN_MCA" in result.output
+    result, _ = dry("--np", "2", "--mca", "pml=ucx", DEMO)
+    assert result.exit_code == 2 and "--mca is mpirun's" in result.output
+
+
+def test_network_interface_per_launcher():
+    _, cmd = dry("--np", "4", "-H", "a:2,b:2", "--iface", "ib0", DEMO)
+    assert cmd[cmd.index("--network-interface") + 1] == "ib0"
+    _, cmd = dry("--np", "4", "-H", "a:2,b:2", "--launcher", "mpirun", DEMO, env={"HVDGAN_NET_IFACE": "eth1"})
+    assert ("btl_tcp_if_include", "eth1") in _mca(cmd) and ("oob_tcp_if_include", "eth1") in _mca(cmd)
+    assert "NCCL_SOCKET_IFNAME=eth1" in cmd
+    _, cmd = dry("--np", "4", "--launcher", "srun", "--iface", "eth1", DEMO)
+    export = next(a for a in cmd if a.startswith("--export="))
+    assert export.split(",") == ["--export=ALL", "OMPI_MCA_btl_tcp_if_include=eth1", "NCCL_SOCKET_IFNAME=eth1",
+                                 "HOROVOD_GLOO_IFACE=eth1"]
+    assert cmd.index(export) < cmd.index("train")
+    _, cmd = dry("--np", "2", DEMO)
+    assert "--network-interface" not in cmd  # no interface given: the launcher chooses
+
+
+def test_horovodrun_hostfile_becomes_hosts(tmp_path):
+    """horovodrun's own hostfile parser fails on comments and blank lines: launch passes -H instead."""
+    hf = tmp_path / "hosts"
+    hf.write_text("# the nodes\nnode1 slots=2\n\nnode2:2   # second\nnode3\n")
+    result, cmd = dry("--np", "5", "--hostfile", str(hf), DEMO)
+    assert result.exit_code == 0, result.output
+    assert cmd[cmd.index("-H") + 1] == "node1:2,node2:2,node3:1" and "--hostfile" not in cmd
+    hf.write_text("node1 slots=two\n")
+    result, _ = dry("--np", "2", "--hostfile", str(hf), DEMO)
+    assert result.exit_code == 2 and str(hf) in result.output and "line 1" in result.output
