@@ -175,8 +175,7 @@ def test_threads_follow_affinity_and_omp(digits, tmp_path):
     cases = [(["taskset", "-c", "0"], {}, 1), ([], {"OMP_NUM_THREADS": "1"}, 1), ([], {}, 2)]
     for i, (prefix, extra, expected) in enumerate(cases):
         out = tmp_path / f"run{i}"
-        cmd = [*prefix, str(ROOT / ".venv/bin/hvdgan") if (ROOT / ".venv/bin/hvdgan").exists() else "hvdgan",
-               "train", "--data", str(digits), "--out", str(out), *SMALL, "--max-steps", "1"]
+        cmd = [*prefix, HVDGAN_EXE, "train", "--data", str(digits), "--out", str(out), *SMALL, "--max-steps", "1"]
         subprocess.run(cmd, env={**env, **extra}, check=True, capture_output=True, timeout=300)
         assert json.loads((out / "config.json").read_text())["threads"] == expected, (prefix, extra)
 
