@@ -12,6 +12,7 @@ median over rounds.
 
     .venv/bin/python benchmarks/bench_train.py            # about 6 minutes on 2 cores
     .venv/bin/python benchmarks/bench_train.py --quick    # about 2 minutes
+    .venv/bin/python benchmarks/bench_train.py --model resnet --ngf 16 --ndf 16 --overhead-only   # 1. only
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def plain_worker(args) -> dict:
     from torch import nn
 
     from hvdgan.data import read_all
-    from hvdgan.models import Discriminator, Generator
+    from hvdgan.zoo import build
 
     hvd = None
     if args.horovod:
@@ -48,7 +49,7 @@ def plain_worker(args) -> dict:
     torch.manual_seed(0)
     images = torch.from_numpy(read_all(args.data)[0])
     channels, size = images.shape[1], images.shape[2]
-    netG, netD = Generator(args.nz, args.ngf, channels, size), Discriminator(args.ndf, channels, size)
+    netG, netD = build(args.model, args.nz, args.ngf, args.ndf, channels, size)
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
     if hvd is not None:
@@ -105,7 +106,7 @@ def hvdgan_worker(args) -> dict:
     from hvdgan.train import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench-hvdgan-"))
-    cfg = TrainConfig(data=args.data, out=str(out), nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch,
+    cfg = TrainConfig(data=args.data, out=str(out), model=args.model, loss="bce", nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch,
                       max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
                       checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu").validate()
     trainer = Trainer(cfg)
@@ -120,7 +121,7 @@ def hvdgan_worker(args) -> dict:
 def run(kind: str, np: int, args, data: str, controller: str = "gloo") -> float:
     me = [sys.executable, __file__, "--worker", kind, "--data", data, "--batch", str(args.batch),
           "--window", str(args.window), "--windows", str(args.windows), "--threads", "1",
-          "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz)]
+          "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz), "--model", args.model]
     if kind == "plain-horovod":
         me[3] = "plain"
         me.append("--horovod")
@@ -161,6 +162,8 @@ def main() -> None:
     ap.add_argument("--ndf", type=int, default=64)
     ap.add_argument("--nz", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="2 rounds of shorter runs")
+    ap.add_argument("--model", choices=["dcgan", "resnet"], default="dcgan")
+    ap.add_argument("--overhead-only", action="store_true", help="only 1.: plain vs hvdgan at np=1")
     args = ap.parse_args()
 
     if args.worker:
@@ -176,12 +179,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = str(tmp / "digits-rgb32")
     prepare("digits", data, shards=8, size=32, channels=3, progress=False)
-    print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
+    print(f"{args.model} 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
           f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
           f"{os.cpu_count()} CPUs")
     # (kind, ranks, controller): horovodrun's default controller is MPI when Horovod has it
     configs = [("plain", 1, "-"), ("hvdgan", 1, "-"), ("plain-horovod", 1, "mpi"), ("hvdgan", 2, "mpi"),
                ("plain-horovod", 2, "mpi"), ("hvdgan", 2, "gloo"), ("plain-horovod", 2, "gloo"), ("plain-pair", 2, "-")]
+    if args.overhead_only:
+        configs = configs[:2]
     name = {c: f"{c[0]}@np{c[1]}" + (f"/{c[2]}" if c[1] > 1 and c[2] != "-" else "") for c in configs}
     times = {c: [] for c in configs}
     for r in range(args.rounds):
@@ -195,6 +200,8 @@ def main() -> None:
     print("median step time (ms):  " + ", ".join(f"{name[c]} {t * 1000:.0f}" for c, t in med.items()))
     print(f"hvdgan np=1 vs plain PyTorch loop (throughput ratio):    {ratio:.3f}   target >= 0.97  "
           f"{'PASS' if ratio >= 0.97 else 'MISS'}")
+    if args.overhead_only:
+        return
     for ctl in ("mpi", "gloo"):
         eff = med[("hvdgan", 1, "-")] / med[("hvdgan", 2, ctl)]
         eff_plain = med[("plain-horovod", 1, "mpi")] / med[("plain-horovod", 2, ctl)]

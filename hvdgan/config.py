@@ -17,7 +17,7 @@ import yaml
 from .errors import HvdganError
 
 CHOICES = {
-    "model": ("dcgan",),
+    "model": ("dcgan", "resnet"),
     "loss": ("bce", "hinge"),
     "lr_scaling": ("none", "linear", "sqrt"),
     "device": ("auto", "cpu", "cuda"),
@@ -37,8 +37,12 @@ class TrainConfig:
     ngf: int = 64
     ndf: int = 64
     spectral_norm: bool = False
+    conditional: bool = False  # class-conditional G and D (resnet), labels from the dataset
+    augment: str = ""  # DiffAugment policy for D's inputs: e.g. "translation,cutout,color"
+    r1: float = 0.0  # R1 penalty weight (gamma) on real images; 0: off
+    r1_every: int = 16  # lazy R1: every N discriminator steps
     # optimisation (the seed: Adam, lr 2e-4, betas 0.5/0.999, BCE)
-    loss: str = "bce"
+    loss: str | None = None  # None: hinge for resnet, bce (the seed's) for dcgan
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -75,11 +79,13 @@ class TrainConfig:
         def bad(key: str, why: str):
             raise HvdganError(f"{where(key)}: {why}")
 
+        if self.loss is None:  # the family's usual loss
+            self.loss = "hinge" if self.model == "resnet" else "bce"
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 bad(key, f"{getattr(self, key)!r} is not one of {', '.join(allowed)}")
         for key in ("nz", "ngf", "ndf", "d_steps", "batch_size", "log_every", "sample_every",
-                    "checkpoint_every", "keep_checkpoints"):
+                    "checkpoint_every", "keep_checkpoints", "r1_every"):
             if getattr(self, key) < 1:
                 bad(key, f"must be >= 1, got {getattr(self, key)}")
         if self.epochs < 0:
@@ -94,6 +100,16 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")
+        if self.conditional and self.model != "resnet":
+            bad("conditional", "needs --model resnet (conditional BatchNorm and a projection discriminator)")
+        if not self.r1 >= 0:
+            bad("r1", f"must be >= 0, got {self.r1}")
+        from .augment import parse_policy
+
+        try:
+            parse_policy(self.augment)
+        except HvdganError as exc:
+            bad("augment", exc.message.split(": ", 1)[-1])
         if not 0 <= self.ema < 1:
             bad("ema", f"must be in [0, 1), got {self.ema}")
         if self.threads is not None and self.threads < 1:
@@ -122,13 +138,20 @@ HELP = {
     "data": "Dataset directory written by `hvdgan prepare`.",
     "out": "Run directory: config, metrics.jsonl, samples/, checkpoints/, losses.png.",
     "in_memory": "Hold this rank's shards in memory (else read slices from the HDF5 files).",
-    "model": "Network family.",
+    "model": "Network family: dcgan (the seed's) or resnet (SNGAN/BigGAN-style residual G and D, spectral "
+             "norm in D).",
     "image_size": "Image size the model is built for (default: the data's; 32 or 64).",
     "nz": "Length of the noise vector z.",
     "ngf": "Generator width (channels of its last hidden layer).",
     "ndf": "Discriminator width (channels of its first layer).",
-    "spectral_norm": "Spectral normalisation in D (replaces D's BatchNorm).",
-    "loss": "bce: the seed's BCE with the non-saturating G loss (on logits); hinge: hinge loss.",
+    "spectral_norm": "Spectral normalisation in D (replaces D's BatchNorm; resnet's D always has it).",
+    "conditional": "Class-conditional training (resnet): conditional BatchNorm in G, projection D; labels "
+                   "from the dataset.",
+    "augment": "DiffAugment policy for D's real and fake inputs: comma-separated translation, cutout, color.",
+    "r1": "R1 gradient penalty weight (gamma) on real images (0: off).",
+    "r1_every": "Lazy R1: apply the penalty every N discriminator steps (scaled by N).",
+    "loss": "bce: the seed's BCE with the non-saturating G loss (on logits); hinge: hinge loss "
+            "(default: hinge for resnet, bce for dcgan).",
     "lr_g": "Generator learning rate (Adam).",
     "lr_d": "Discriminator learning rate (Adam).",
     "beta1": "Adam beta1.",

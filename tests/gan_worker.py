@@ -1,9 +1,15 @@
 """Runs on every rank of a multi-process test (or alone) and checks one property of the GAN step.
 
     train DATA OUT [options]   hvdgan's Trainer; then every rank's parameters are compared
-    syncbn OUT B               fixed global batch of 2B (np=1) or B per rank (np=2), SyncBatchNorm;
+    syncbn OUT B [sync] [model] fixed global batch of 2B (np=1) or B per rank (np=2), SyncBatchNorm;
                                rank 0 saves the flattened parameters after a few steps
-    traffic OUT [fp16]         counts the tensors and bytes all-reduced in one iteration
+    traffic OUT [fp16] [model] counts the tensors and bytes all-reduced in one iteration
+
+    resnet DIR [DATA]          the ResNet checks in one launch: syncbn (DIR/npN-sync.pt; with 2 ranks also
+                               DIR/np2-local.pt), then, with DATA, train, then traffic (DIR/traffic.json)
+
+`model`: dcgan (default) or resnet-cond (the conditional ResNet: conditional BatchNorm in G, projection
+D; for traffic also DiffAugment and an R1 penalty due in the counted iteration).
 """
 
 import json
@@ -17,7 +23,7 @@ import horovod.torch.optimizer as hvd_optimizer
 from hvdgan import distributed as dist
 from hvdgan.config import TrainConfig
 from hvdgan.gan import GAN
-from hvdgan.models import Discriminator, Generator
+from hvdgan.zoo import build
 
 
 def flat(*models) -> torch.Tensor:
@@ -42,26 +48,36 @@ def train(data, out, *opts):
     print(f"rank {hvd.rank()}: parameters {'IDENTICAL' if same else 'DIFFERENT'} on {hvd.size()} ranks", flush=True)
 
 
-def syncbn(out, per_rank, sync="1"):
+def nets(model, cfg, channels):
+    """(G, D, number of classes) for `model`: dcgan or resnet-cond (10 classes, tiny widths)."""
+    classes = 10 if model == "resnet-cond" else 0
+    G, D = build(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, channels, 32, num_classes=classes)
+    return G, D, classes
+
+
+def syncbn(out, per_rank, sync="1", model="dcgan"):
     per_rank = int(per_rank)
-    cfg = TrainConfig(data="-", ngf=8, ndf=8, nz=16, sync_bn=sync == "1", ema=0.0).validate()
+    resnet = dict(model="resnet", ngf=4, ndf=4, conditional=True) if model == "resnet-cond" else {}
+    cfg = TrainConfig(**{"data": "-", "ngf": 8, "ndf": 8, "nz": 16, "sync_bn": sync == "1", "ema": 0.0,
+                         **resnet}).validate()
     torch.manual_seed(0)
-    G, D = Generator(cfg.nz, cfg.ngf, 1, 32), Discriminator(cfg.ndf, 1, 32)
+    G, D, classes = nets(model, cfg, 1)
     gan = GAN(G, D, cfg, hvd, hvd.size())
     gen = torch.Generator().manual_seed(1)
     global_batch = per_rank * 2
     for _ in range(3):
         real = torch.rand(global_batch, 1, 32, 32, generator=gen) * 2 - 1
         z = torch.randn(global_batch, cfg.nz, 1, 1, generator=gen)
+        y = torch.randint(0, max(classes, 1), (global_batch,), generator=gen)
         # np=1 takes the whole global batch; np=2 gives each rank its half
         lo, hi = (0, global_batch) if hvd.size() == 1 else (hvd.rank() * per_rank, (hvd.rank() + 1) * per_rank)
-        gan.step(real[lo:hi], z[lo:hi])
+        gan.step(real[lo:hi], z[lo:hi], 0, y[lo:hi] if classes else None)
     if hvd.rank() == 0:
         torch.save(flat(G, D), out)
     print(f"rank {hvd.rank()}: syncbn done", flush=True)
 
 
-def traffic(out, fp16="0"):
+def traffic(out, fp16="0", model="dcgan"):
     counted = {"tensors": 0, "elements": 0, "bytes": 0}
     real_allreduce = hvd_optimizer.allreduce_async_
 
@@ -72,10 +88,13 @@ def traffic(out, fp16="0"):
         return real_allreduce(tensor, *args, **kwargs)
 
     hvd_optimizer.allreduce_async_ = counting  # a spy: the real allreduce still runs
-    cfg = TrainConfig(data="-", ngf=16, ndf=16, fp16_allreduce=fp16 == "1").validate()
-    G, D = Generator(cfg.nz, cfg.ngf, 3, 32), Discriminator(cfg.ndf, 3, 32)
+    resnet = (dict(model="resnet", ngf=4, ndf=4, conditional=True, augment="color,translation,cutout", r1=1.0)
+              if model == "resnet-cond" else {})
+    cfg = TrainConfig(**{"data": "-", "ngf": 16, "ndf": 16, "fp16_allreduce": fp16 == "1", **resnet}).validate()
+    G, D, classes = nets(model, cfg, 3)
     gan = GAN(G, D, cfg, hvd, hvd.size())
-    gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.nz, 1, 1))
+    y = torch.arange(8) % classes if classes else None
+    gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.nz, 1, 1), 0, y)  # (R1 is due at step 0)
     counted["params_G"] = sum(p.numel() for p in G.parameters())
     counted["params_D"] = sum(p.numel() for p in D.parameters())
     counted["tensors_G_D"] = len(list(G.parameters())) + len(list(D.parameters()))
@@ -85,6 +104,17 @@ def traffic(out, fp16="0"):
     print(f"rank {hvd.rank()}: {counted}", flush=True)
 
 
+def resnet(directory, data=None):
+    """Every ResNet check in one launch (a launch costs more than the checks on tiny models)."""
+    syncbn(f"{directory}/np{hvd.size()}-sync.pt", "8", "1", "resnet-cond")
+    if hvd.size() > 1:
+        syncbn(f"{directory}/np{hvd.size()}-local.pt", "8", "0", "resnet-cond")
+    if data:
+        train(data, f"{directory}/run", 'model="resnet"', "ngf=4", "ndf=4", "nz=16", "conditional=true",
+              'augment="translation,cutout,color"', "r1=1.0", "r1_every=2", "d_steps=2", "max_steps=3")
+        traffic(f"{directory}/traffic.json", "0", "resnet-cond")  # (last: it leaves its spy in place)
+
+
 if __name__ == "__main__":
     dist.init()
-    {"train": train, "syncbn": syncbn, "traffic": traffic}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "syncbn": syncbn, "traffic": traffic, "resnet": resnet}[sys.argv[1]](*sys.argv[2:])
