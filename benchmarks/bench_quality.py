@@ -1,19 +1,23 @@
-"""Sample quality at the same wall-clock budget, side by side in one run: the digits demo as it was
-(DCGAN, the seed's setting) against the demo job now (jobs/digits-demo.yaml), and any other setting
-named with --setting.
+"""Sample quality at the same budget, side by side in one run: the digits demo as it was before issue 13
+(DCGAN, the seed's setting), the demo job now (jobs/digits-demo.yaml, when it differs), and candidate
+settings: built-in ones (CANDIDATES, chosen with --candidate) and any named with --setting.
 
 Each setting trains on 2 ranks (`horovodrun -np 2`, as `make demo`) on the embedded digits for the same
-wall-clock budget: a timer sends each rank SIGUSR1 when the budget is spent, and the trainer stops the
-way it does on a Slurm preemption (the ranks agree on a step, write a checkpoint, exit). The checkpoint's
+budget: a watcher thread sends each rank SIGUSR1 when the budget is spent, and the trainer stops the way
+it does on a Slurm preemption (the ranks agree on a step, write a checkpoint, exit). The budget is
+wall-clock seconds (`--clock wall`, the default), or, on a machine shared with other jobs, CPU seconds of
+each rank's training thread (`--clock cpu`: what wall-clock seconds are on an idle machine, one thread
+per rank, without the time other jobs take from it). The checkpoint's
 generator (its EMA) then makes N samples, scored against every real digit by a scorer: `fd8`, the
 Frechet distance of 8x8 grey thumbnails (hvdgan.metrics; lower is better). A scorer is a function
 (fakes, reals) -> float over images in [-1, 1]: add one to SCORERS (e.g. an Inception FID).
 
-    .venv/bin/python benchmarks/bench_quality.py                        # 2 x 180 s of training
-    .venv/bin/python benchmarks/bench_quality.py --budget 60 --img-dir docs/img
-    .venv/bin/python benchmarks/bench_quality.py --setting resnet-tiny="model: resnet, ngf: 8, ndf: 8"
+    .venv/bin/python benchmarks/bench_quality.py                        # 180 s of training per setting
+    .venv/bin/python benchmarks/bench_quality.py --budget 30 --clock cpu --img-dir docs/img
+    .venv/bin/python benchmarks/bench_quality.py --candidate resnet-tiny --setting wide="ngf: 64, ndf: 64"
 
-Target (issue 13): the new demo setting at most half the old one's distance at the same budget.
+Target (issue 13): a new demo setting at most half the old one's distance at the same budget; the demo
+job moves to it only if one does.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ sys.path.insert(0, str(ROOT))
 DCGAN_DEMO = dict(model="dcgan", image_size=32, nz=64, ngf=32, ndf=32, loss="bce", lr_g=2e-4, lr_d=2e-4, beta1=0.5,
                   beta2=0.999, batch_size=64, seed=0)
 DEMO_JOB = ROOT / "jobs" / "digits-demo.yaml"
+# candidates for the demo (over DCGAN_DEMO): what SNGAN and DiffAugment bring, on DCGAN and on the ResNet
+CANDIDATES = {
+    "dcgan-sn-hinge-aug": dict(spectral_norm=True, loss="hinge", beta1=0.0, beta2=0.9, augment="translation,cutout"),
+    "resnet-tiny": dict(model="resnet", ngf=8, ndf=8, loss="hinge", beta1=0.0, beta2=0.9,
+                        augment="translation,cutout"),
+}
 RUN_KEYS = ("data", "out", "max_steps", "epochs", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
             "resume", "tensorboard", "device")  # the benchmark sets these itself
 
@@ -62,20 +72,31 @@ def worker(args) -> None:
     values.update(data=args.data, out=args.out, max_steps=10**7, log_every=10, sample_every=10**7,
                   checkpoint_every=10**7, keep_checkpoints=1, tensorboard=False, device="cpu")
     cfg = TrainConfig(**values).validate()
-    timer = threading.Timer(args.budget, lambda: os.kill(os.getpid(), signal.SIGUSR1))
-    timer.daemon = True
+    main_clock = time.pthread_getcpuclockid(threading.main_thread().ident)
+
+    def watch():
+        t0, c0 = time.perf_counter(), time.clock_gettime(main_clock)
+        while True:
+            spent = (time.perf_counter() - t0 if args.clock == "wall" else time.clock_gettime(main_clock) - c0)
+            if spent >= args.budget:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.2)
+
+    timer = threading.Thread(target=watch, daemon=True)
     import hvdgan.train as train_mod
 
     real_run = train_mod.Trainer.run
 
     def run_with_budget(self):  # the timer starts once the trainer is built (and its signal handler is set)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         timer.start()
         try:
             return real_run(self)
         finally:
             if self.root:
-                Path(args.out, "wall.json").write_text(json.dumps({"seconds": time.perf_counter() - t0}))
+                Path(args.out, "wall.json").write_text(json.dumps(
+                    {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
 
     train_mod.Trainer.run = run_with_budget
     train(cfg)
@@ -99,18 +120,20 @@ def setting_values(spec: str) -> dict:
     return {k: v for k, v in values.items() if k not in RUN_KEYS}
 
 
-def train_setting(name: str, values: dict, data: str, out: Path, budget: float, np_: int) -> dict:
+def train_setting(name: str, values: dict, data: str, out: Path, budget: float, np_: int, clock: str) -> dict:
     bindir = Path(sys.executable).parent
     cmd = [str(bindir / "horovodrun"), "-np", str(np_), "-H", f"localhost:{np_}", sys.executable, __file__,
-           "--worker", "--data", data, "--out", str(out), "--budget", str(budget), "--values", json.dumps(values)]
+           "--worker", "--data", data, "--out", str(out), "--budget", str(budget), "--clock", clock,
+           "--values", json.dumps(values)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=budget + 600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads((out / "result.json").read_text())
     result["launch_s"] = time.perf_counter() - t0
-    result["train_s"] = json.loads((out / "wall.json").read_text())["seconds"]
+    times = json.loads((out / "wall.json").read_text())
+    result["train_s"], result["cpu_s"] = times["seconds"], times["cpu"]
     return result
 
 
@@ -146,8 +169,12 @@ def main() -> None:
     ap.add_argument("--values", help=argparse.SUPPRESS)
     ap.add_argument("--data")
     ap.add_argument("--out")
-    ap.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds of training per setting")
+    ap.add_argument("--budget", type=float, default=180.0, help="seconds of training per setting")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: wall-clock seconds; cpu: CPU seconds of each rank's training thread")
     ap.add_argument("--np", type=int, default=2, dest="np_")
+    ap.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),
+                    help="built-in candidate(s) to add (default: dcgan-sn-hinge-aug)")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=SPEC",
                     help="extra setting: NAME=job.yaml or NAME=\"key: value, ...\" (over the old DCGAN demo)")
     ap.add_argument("--scorer", choices=sorted(SCORERS), default="fd8")
@@ -166,31 +193,37 @@ def main() -> None:
     data = str(tmp / "digits")
     prepare("digits", data, shards=4, progress=False)
     reals = torch.from_numpy(read_all(data)[0]).float().div(127.5).sub(1)
-    settings = [("dcgan-demo", setting_values("dcgan-demo")), ("demo", setting_values("demo"))]
+    settings = [("dcgan-demo", setting_values("dcgan-demo"))]
+    if setting_values("demo") != settings[0][1]:
+        settings.append(("demo", setting_values("demo")))
+    for name in args.candidate or ["dcgan-sn-hinge-aug"]:
+        settings.append((name, {**DCGAN_DEMO, **CANDIDATES[name]}))
     for item in args.setting:
         name, _, spec = item.partition("=")
         settings.append((name, setting_values(spec)))
-    print(f"{len(settings)} settings x {args.budget:.0f} s of training on {args.np_} ranks (horovodrun), digits "
+    print(f"{len(settings)} settings x {args.budget:.0f} {args.clock} s of training on {args.np_} ranks (horovodrun), digits "
           f"({len(reals)} images), scorer {args.scorer} over {args.samples} samples; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for name, values in settings:
         out = tmp / f"run-{name}"
-        result = train_setting(name, values, data, out, args.budget, args.np_)
+        result = train_setting(name, values, data, out, args.budget, args.np_, args.clock)
         grid = Path(args.img_dir) / f"quality-{name}.png" if args.img_dir else None
         score = score_checkpoint(result["checkpoint"], reals, SCORERS[args.scorer], args.samples, grid)
         rows.append((name, values, result, score))
-        print(f"{name}: {result['step']} G steps in {result['train_s']:.0f} s, {args.scorer} {score:.3f}   "
+        print(f"{name}: {result['step']} G steps in {result['train_s']:.0f} s wall ({result['cpu_s']:.0f} s CPU of "
+              f"rank 0), {args.scorer} {score:.3f}   "
               f"{json.dumps(values)}", flush=True)
     base = rows[0][3]
     print()
-    print(f"| setting | G steps in {args.budget:.0f} s | {args.scorer} | vs dcgan-demo |")
+    print(f"| setting | G steps in {args.budget:.0f} {args.clock} s | {args.scorer} | vs dcgan-demo |")
     print("|---|---:|---:|---:|")
     for name, values, result, score in rows:
         print(f"| {name} | {result['step']} | {score:.3f} | {score / base:.2f}x |")
-    new = rows[1][3]
-    verdict = "PASS" if new <= 0.5 * base else "MISS"
-    print(f"\nnew demo / old demo {args.scorer} at the same budget: {new / base:.3f}   target <= 0.5  {verdict}")
+    best = min(rows[1:], key=lambda r: r[3])
+    verdict = "PASS" if best[3] <= 0.5 * base else "MISS"
+    print(f"\nbest other setting ({best[0]}) / old demo, {args.scorer} at the same budget: {best[3] / base:.3f}   "
+          f"target <= 0.5  {verdict}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

@@ -6,7 +6,8 @@
     traffic OUT [fp16] [model] counts the tensors and bytes all-reduced in one iteration
 
     resnet DIR [DATA]          the ResNet checks in one launch: syncbn (DIR/npN-sync.pt; with 2 ranks also
-                               DIR/np2-local.pt), then, with DATA, train, then traffic (DIR/traffic.json)
+                               DIR/np2-local.pt; with 1, the conditioning toy: DIR/conditioning.json), then,
+                               with DATA, train, then traffic (DIR/traffic.json)
 
 `model`: dcgan (default) or resnet-cond (the conditional ResNet: conditional BatchNorm in G, projection
 D; for traffic also DiffAugment and an R1 penalty due in the counted iteration).
@@ -104,9 +105,32 @@ def traffic(out, fp16="0", model="dcgan"):
     print(f"rank {hvd.rank()}: {counted}", flush=True)
 
 
+def conditioning(out, steps=150):
+    """A two-class toy (class 0: dark images, class 1: bright ones): after `steps` steps the conditional
+    ResNet's samples for class 0 are darker than those for class 1. Writes their mean brightness."""
+    cfg = TrainConfig(data="-", model="resnet", conditional=True, ngf=4, ndf=4, nz=8, ema=0.0, beta1=0.0,
+                      beta2=0.9).validate()
+    torch.manual_seed(0)
+    G, D = build("resnet", cfg.nz, cfg.ngf, cfg.ndf, 1, 32, num_classes=2)
+    gan = GAN(G, D, cfg, hvd, hvd.size())
+    gen = torch.Generator().manual_seed(0)
+    for i in range(steps):
+        y = torch.randint(0, 2, (16,), generator=gen)
+        real = (y.float() * 1.6 - 0.8).view(16, 1, 1, 1) + 0.1 * torch.randn(16, 1, 32, 32, generator=gen)
+        gan.step(real, gan.noise(16, gen), i, y)
+    G.eval()
+    with torch.no_grad():
+        z = torch.randn(64, cfg.nz, 1, 1, generator=gen)
+        means = [G(z, torch.full((64,), k)).mean().item() for k in (0, 1)]
+    with open(out, "w") as f:
+        json.dump({"class0": means[0], "class1": means[1], "steps": steps}, f)
+
+
 def resnet(directory, data=None):
     """Every ResNet check in one launch (a launch costs more than the checks on tiny models)."""
     syncbn(f"{directory}/np{hvd.size()}-sync.pt", "8", "1", "resnet-cond")
+    if hvd.size() == 1:
+        conditioning(f"{directory}/conditioning.json")
     if hvd.size() > 1:
         syncbn(f"{directory}/np{hvd.size()}-local.pt", "8", "0", "resnet-cond")
     if data:
