@@ -14,6 +14,7 @@ a launcher's output tags (`[1,0]<stdout>:`) can land on the same line.
     .venv/bin/python benchmarks/bench_train.py            # about 6 minutes on 2 cores
     .venv/bin/python benchmarks/bench_train.py --quick    # about 2 minutes
     .venv/bin/python benchmarks/bench_train.py --smoke    # tiny model, 1 round: checks that every path runs
+    .venv/bin/python benchmarks/bench_train.py --model resnet --ngf 16 --ndf 16 --overhead-only   # 1. only
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def plain_worker(args) -> dict:
     from torch import nn
 
     from hvdgan.data import read_all
-    from hvdgan.models import Discriminator, Generator
+    from hvdgan.zoo import build
 
     hvd = None
     if args.horovod:
@@ -51,7 +52,7 @@ def plain_worker(args) -> dict:
     torch.manual_seed(0)
     images = torch.from_numpy(read_all(args.data)[0])
     channels, size = images.shape[1], images.shape[2]
-    netG, netD = Generator(args.nz, args.ngf, channels, size), Discriminator(args.ndf, channels, size)
+    netG, netD = build(args.model, args.nz, args.ngf, args.ndf, channels, size)
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
     if hvd is not None:
@@ -108,8 +109,8 @@ def hvdgan_worker(args) -> dict:
     from hvdgan.train import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench-hvdgan-"))
-    cfg = build(dict(data=args.data, out=str(out), nz=args.nz, ngf=args.ngf, ndf=args.ndf, batch_size=args.batch,
-                     max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
+    cfg = build(dict(data=args.data, out=str(out), model=args.model, loss="bce", nz=args.nz, ngf=args.ngf,
+                     ndf=args.ndf, batch_size=args.batch, max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
                      checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu"))
     trainer = Trainer(cfg)
     trainer.run()
@@ -147,7 +148,7 @@ def _run(kind: str, np: int, args, data: str, controller: str, results: Path) ->
     me = [sys.executable, __file__, "--worker", kind, "--data", data, "--batch", str(args.batch),
           "--window", str(args.window), "--windows", str(args.windows), "--threads", "1",
           "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz),
-          "--result", str(results / "result-{rank}.json")]
+          "--result", str(results / "result-{rank}.json"), "--model", args.model]
     if kind == "plain-horovod":
         me[3] = "plain"
         me.append("--horovod")
@@ -189,6 +190,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true",
                     help="1 round of a tiny model (ngf = ndf = 8, batch 8, 2-step windows) in 4 configurations, "
                          "one per way of starting and reporting; the figures mean nothing (tests/test_benchmarks.py)")
+    ap.add_argument("--model", choices=["dcgan", "resnet"], default="dcgan")
+    ap.add_argument("--overhead-only", action="store_true", help="only 1.: plain vs hvdgan at np=1")
     args = ap.parse_args()
 
     if args.worker:
@@ -207,13 +210,15 @@ def main() -> None:
     try:
         data = str(tmp / "digits-rgb32")
         prepare("digits", data, shards=8, size=32, channels=3, progress=False)
-        print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
-              f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
+        print(f"{args.model} 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, "
+              f"one thread per rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
               f"{os.cpu_count()} CPUs")
         # (kind, ranks, controller): horovodrun's default controller is MPI when Horovod has it
         configs = [("plain", 1, "-"), ("hvdgan", 1, "-"), ("plain-horovod", 1, "mpi"), ("hvdgan", 2, "mpi"),
                    ("plain-horovod", 2, "mpi"), ("hvdgan", 2, "gloo"), ("plain-horovod", 2, "gloo"),
                    ("plain-pair", 2, "-")]
+        if args.overhead_only:  # 1. only
+            configs = configs[:2]
         if args.smoke:  # one of each way to start and report: a process, horovodrun --mpi / --gloo, a pair
             configs = [("plain", 1, "-"), ("hvdgan", 2, "mpi"), ("plain-horovod", 2, "gloo"), ("plain-pair", 2, "-")]
         name = {c: f"{c[0]}@np{c[1]}" + (f"/{c[2]}" if c[1] > 1 and c[2] != "-" else "") for c in configs}
@@ -246,6 +251,7 @@ def main() -> None:
               f"{ratio(('plain', 1, '-'), ('plain-pair', 2, '-'))}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
 
 if __name__ == "__main__":
     main()

@@ -144,7 +144,7 @@ def _config(ctx, values: dict):
 @_config_options
 @click.pass_context
 def train(ctx, **values):
-    """Train a DCGAN on a sharded HDF5 dataset, data-parallel over Horovod.
+    """Train a GAN (DCGAN or ResNet) on a sharded HDF5 dataset, data-parallel over Horovod.
 
     \b
       hvdgan train --data data/digits --max-steps 200            # one process
@@ -166,12 +166,14 @@ def train(ctx, **values):
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed.")
 @click.option("--no-ema", is_flag=True, help="Use G's raw weights instead of their moving average.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def sample(checkpoint, out, num, single, seed, no_ema, overwrite):
+@click.option("--class", "class_", type=int, default=None, metavar="K",
+              help="Only class K (conditional checkpoints); without it a conditional grid has one row per class.")
+def sample(checkpoint, out, num, single, seed, no_ema, overwrite, class_):
     """Generate images from a checkpoint: one grid, or N single images."""
     from .sample import sample_checkpoint
 
     written = sample_checkpoint(checkpoint, out, num=num, single=single, seed=seed, ema=not no_ema,
-                                overwrite=overwrite)
+                                overwrite=overwrite, class_=class_)
     click.echo(f"wrote {written}")
 
 

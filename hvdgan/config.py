@@ -24,7 +24,7 @@ import yaml
 from .errors import HvdganError
 
 CHOICES = {
-    "model": ("dcgan",),
+    "model": ("dcgan", "resnet"),
     "loss": ("bce", "hinge"),
     "lr_scaling": ("none", "linear", "sqrt"),
     "device": ("auto", "cpu", "cuda"),
@@ -44,8 +44,12 @@ class TrainConfig:
     ngf: int = 64
     ndf: int = 64
     spectral_norm: bool = False
+    conditional: bool = False  # class-conditional G and D (resnet), labels from the dataset
+    augment: str = ""  # DiffAugment policy for D's inputs: e.g. "translation,cutout,color"
+    r1: float = 0.0  # R1 penalty weight (gamma) on real images; 0: off
+    r1_every: int = 16  # lazy R1: every N discriminator steps
     # optimisation (the seed: Adam, lr 2e-4, betas 0.5/0.999, BCE)
-    loss: str = "bce"
+    loss: str | None = None  # None: hinge for resnet, bce (the seed's) for dcgan
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
@@ -89,10 +93,10 @@ class TrainConfig:
             raise HvdganError(f"{where(key)}: {why}")
 
         for key, allowed in CHOICES.items():
-            if getattr(self, key) not in allowed:
+            if getattr(self, key) not in allowed and not (key == "loss" and self.loss is None):
                 bad(key, f"{getattr(self, key)!r} is not one of {', '.join(allowed)}")
         for key in ("nz", "ngf", "ndf", "d_steps", "batch_size", "log_every", "sample_every",
-                    "checkpoint_every", "keep_checkpoints"):
+                    "checkpoint_every", "keep_checkpoints", "r1_every"):
             if getattr(self, key) < 1:
                 bad(key, f"must be >= 1, got {getattr(self, key)}")
         if self.epochs < 0:
@@ -107,6 +111,16 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")
+        if self.conditional and self.model != "resnet":
+            bad("conditional", "needs --model resnet (conditional BatchNorm and a projection discriminator)")
+        if not self.r1 >= 0:
+            bad("r1", f"must be >= 0, got {self.r1}")
+        from .augment import parse_policy
+
+        try:
+            parse_policy(self.augment)
+        except HvdganError as exc:
+            bad("augment", exc.message.split(": ", 1)[-1])
         if not 0 <= self.ema < 1:
             bad("ema", f"must be in [0, 1), got {self.ema}")
         if self.threads is not None and self.threads < 1:
@@ -141,13 +155,20 @@ HELP = {
     "data": "Dataset directory written by `hvdgan prepare`.",
     "out": "Run directory: config, metrics.jsonl, samples/, checkpoints/, losses.png.",
     "in_memory": "Hold this rank's shards in memory (else read slices from the HDF5 files).",
-    "model": "Network family.",
+    "model": "Network family: dcgan (the seed's) or resnet (SNGAN/BigGAN-style residual G and D, spectral "
+             "norm in D).",
     "image_size": "Image size the model is built for (default: the data's; 32 or 64).",
     "nz": "Length of the noise vector z.",
     "ngf": "Generator width (channels of its last hidden layer).",
     "ndf": "Discriminator width (channels of its first layer).",
-    "spectral_norm": "Spectral normalisation in D (replaces D's BatchNorm).",
-    "loss": "bce: the seed's BCE with the non-saturating G loss (on logits); hinge: hinge loss.",
+    "spectral_norm": "Spectral normalisation in D (replaces D's BatchNorm; resnet's D always has it).",
+    "conditional": "Class-conditional training (resnet): conditional BatchNorm in G, projection D; labels "
+                   "from the dataset.",
+    "augment": "DiffAugment policy for D's real and fake inputs: comma-separated translation, cutout, color.",
+    "r1": "R1 gradient penalty weight (gamma) on real images (0: off).",
+    "r1_every": "Lazy R1: apply the penalty every N discriminator steps (scaled by N).",
+    "loss": "bce: the seed's BCE with the non-saturating G loss (on logits); hinge: hinge loss "
+            "(default: hinge for resnet, bce for dcgan).",
     "lr_g": "Generator learning rate (Adam).",
     "lr_d": "Discriminator learning rate (Adam).",
     "beta1": "Adam beta1.",
@@ -281,6 +302,9 @@ class GANSettings:
     fp16_allreduce: bool = False
     sync_bn: bool = False
     amp: bool = False  # bf16 autocast of the CUDA ops (CPU ops are untouched)
+    augment: str = ""  # DiffAugment policy for D's inputs ("": none)
+    r1: float = 0.0  # R1 penalty weight on real images (0: off)
+    r1_every: int = 16  # lazy R1: every N discriminator steps
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,11 +348,13 @@ def resolve(cfg: TrainConfig, world: World, data: DataFacts) -> Resolved:
     on_cuda = any(d.type == "cuda" for blocks in devices.values() for d in blocks.values())
     amp = on_cuda and cfg.amp is not False  # autocast("cuda") changes CUDA ops only
     scale = LR_SCALE[cfg.lr_scaling](world.size)
-    gan = GANSettings(loss=cfg.loss, lr_g=cfg.lr_g * scale, lr_d=cfg.lr_d * scale, betas=(cfg.beta1, cfg.beta2),
+    loss = cfg.loss or ("hinge" if cfg.model == "resnet" else "bce")  # the family's usual loss
+    gan = GANSettings(loss=loss, lr_g=cfg.lr_g * scale, lr_d=cfg.lr_d * scale, betas=(cfg.beta1, cfg.beta2),
                       d_steps=cfg.d_steps, ema=cfg.ema if world.rank == 0 else 0.0,  # rank 0 samples and saves it
-                      fp16_allreduce=cfg.fp16_allreduce, sync_bn=cfg.sync_bn, amp=amp)
+                      fp16_allreduce=cfg.fp16_allreduce, sync_bn=cfg.sync_bn, amp=amp,
+                      augment=cfg.augment, r1=cfg.r1, r1_every=cfg.r1_every)
     options = dataclasses.asdict(cfg)
-    options.update(image_size=data.image_size, amp=amp,
+    options.update(image_size=data.image_size, amp=amp, loss=loss,
                    channels_last=on_cuda if cfg.channels_last is None else cfg.channels_last,
                    threads=cfg.threads or world.cpu_threads)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * data.batches_per_epoch // cfg.d_steps

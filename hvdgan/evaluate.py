@@ -175,6 +175,8 @@ def generated_features(G: torch.nn.Module, n: int, extractor, hvd=None, seed: in
     rank, size = _rank_size(hvd)
     device = next(G.parameters()).device
     z = torch.randn(n, G.nz, 1, 1, generator=torch.Generator().manual_seed(seed))
+    classes = getattr(G, "num_classes", 0)  # a conditional G: the classes in turn, as many images of each
+    y = torch.arange(n) % classes if classes else None
     a, b = share(n, rank, size)
     was_training = G.training
     G.eval()
@@ -183,7 +185,8 @@ def generated_features(G: torch.nn.Module, n: int, extractor, hvd=None, seed: in
     try:
         for i in range(a, b, batch_size):
             j = min(i + batch_size, b)
-            local.append(extractor(to_uint8(G(z[i:j].to(device)))))
+            cond = () if y is None else (y[i:j].to(device),)
+            local.append(extractor(to_uint8(G(z[i:j].to(device), *cond))))
             bar.update(j - i)
     finally:
         G.train(was_training)

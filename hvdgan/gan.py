@@ -1,7 +1,8 @@
 """The GAN step: the seed's five steps, data-parallel with Horovod.
 
-    1. G makes a batch of fakes from noise
-    2. D scores real and fake images (the fakes detached: G's gradients are not computed)
+    1. G makes a batch of fakes from noise (and the batch's class labels, when conditional)
+    2. D scores real and fake images (the fakes detached: G's gradients are not computed), both
+       through DiffAugment when --augment is set; every --r1-every steps plus R1 on the reals
     3. D's update: backward all-reduces D's gradients (Horovod hooks), step() waits for them
     4. G's loss through D, with D frozen, so that only G's hooks fire (hvd#796, #2559)
     5. G's update, then G's moving average (EMA) for samples
@@ -20,6 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from . import layout
+from .augment import DiffAugment
 from .config import GANSettings
 from .stats import Stats
 
@@ -40,6 +42,14 @@ def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     if kind == "hinge":
         return -fake_logits.mean()
     raise ValueError(kind)
+
+
+def r1_penalty(real_logits: torch.Tensor, real_in: torch.Tensor) -> torch.Tensor:
+    """Mean squared norm of D's gradient at the real images (Mescheder et al. 2018). autograd.grad
+    with `inputs` only runs no AccumulateGrad node, so no Horovod hook fires here: D's gradients
+    (penalty included) are all-reduced once, by loss_d.backward()."""
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_in, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
 
 
 @contextlib.contextmanager
@@ -116,6 +126,8 @@ class GAN:
         self.loss_device = last_device(D)
         self.stats = Stats(self.STATS, self.loss_device)
         self.d_updates = 0
+        self.augment = DiffAugment(settings.augment)  # the identity without --augment
+        self.rng = None  # the augmentations' generator (the trainer sets its per-rank noise generator)
         self.bad_step = torch.zeros((), dtype=torch.float64, device=self.loss_device)  # first non-finite step
 
     def broadcast(self) -> None:
@@ -139,18 +151,23 @@ class GAN:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.settings.amp else contextlib.nullcontext()
 
-    def step(self, real: torch.Tensor, z: torch.Tensor, step: int = 0) -> bool:
+    def step(self, real: torch.Tensor, z: torch.Tensor, step: int = 0, y: torch.Tensor | None = None) -> bool:
         """One D update on `real`; a G update too on every `d_steps`-th call (returns whether G stepped).
         `step` is the G step this belongs to, remembered if a loss is not finite (checked at log time,
-        without a device sync here)."""
+        without a device sync here). `y`: the batch's class labels (conditional); the fakes take them."""
         settings, stats, t0 = self.settings, self.stats, time.perf_counter()
+        cond, aug = (() if y is None else (y,)), (lambda x: self.augment(x, self.rng))
+        r1_due = settings.r1 > 0 and self.d_updates % settings.r1_every == 0
         # 1. fakes from noise
         with self.autocast():
-            fake = self.G(z)
+            fake = self.G(z, *cond)
             # 2. D on real and (detached) fake images
-            real_logits = self.D(real).float()
-            fake_logits = self.D(fake.detach()).float()
+            real_in = aug(real).detach().requires_grad_(True) if r1_due else aug(real)
+            real_logits = self.D(real_in, *cond).float()
+            fake_logits = self.D(aug(fake.detach()), *cond).float()
             loss_d = d_loss(settings.loss, real_logits, fake_logits)
+            if r1_due:  # lazy R1: every r1_every steps, scaled by r1_every
+                loss_d = loss_d + settings.r1 / 2 * settings.r1_every * r1_penalty(real_logits, real_in)
         # 3. D's update: backward starts D's allreduces (hvd hooks), step() waits for them
         self.opt_d.zero_grad()  # (set_to_none, the torch default)
         loss_d.backward()
@@ -168,7 +185,7 @@ class GAN:
         if g_stepped:
             # 4. G's loss through D, D frozen: only G's gradients are computed and all-reduced
             with frozen(self.D), self.autocast():
-                gen_logits = self.D(fake).float()
+                gen_logits = self.D(aug(fake), *cond).float()
                 loss_g = g_loss(settings.loss, gen_logits)
             self.opt_g.zero_grad()  # (set_to_none, the torch default)
             loss_g.backward()

@@ -9,13 +9,12 @@ import torch
 from . import checkpoint as ckpt
 from .errors import HvdganError
 from .metrics import save_grid
-from .models import Generator
+from .zoo import generator_from_arch, grid_labels, num_classes
 
 
-def load_generator(path: str | Path, ema: bool = True) -> Generator:
+def load_generator(path: str | Path, ema: bool = True) -> torch.nn.Module:
     state = ckpt.load(Path(path))
-    arch = state["arch"]["G"]
-    G = Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"])
+    G = generator_from_arch(state["arch"]["G"])
     if ema and state.get("G_ema") is not None:
         weights = {k[len("module."):]: v for k, v in state["G_ema"].items() if k.startswith("module.")}
     else:
@@ -25,7 +24,9 @@ def load_generator(path: str | Path, ema: bool = True) -> Generator:
 
 
 def sample_checkpoint(path, out, num: int = 64, single: bool = False, seed: int = 0, ema: bool = True,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, class_: int | None = None) -> Path:
+    """A grid (8 x 8 for 64; one row per class for a conditional G without --class) or single images;
+    `class_`: every image of that class (conditional checkpoints only)."""
     out = Path(out)
     if single:
         if out.exists() and any(out.iterdir()) and not overwrite:
@@ -35,12 +36,25 @@ def sample_checkpoint(path, out, num: int = 64, single: bool = False, seed: int 
     if not single and out.suffix.lower() != ".png":
         raise HvdganError(f"--out {out}: a grid is written as PNG: give a .png path (or --single DIR)")
     G = load_generator(path, ema)
+    classes, nrow = num_classes(G), max(1, int(num ** 0.5))
+    if class_ is not None and not classes:
+        raise HvdganError(f"--class {class_}: {path} holds an unconditional generator (trained without --conditional)")
+    if class_ is not None and not 0 <= class_ < classes:
+        raise HvdganError(f"--class {class_}: {path}'s generator knows classes 0..{classes - 1}")
+    labels = None
+    if class_ is not None:
+        labels = torch.full((num,), class_)
+    elif classes:  # one row per class
+        nrow = max(1, num // classes)
+        labels = grid_labels(classes, nrow) if single is False else torch.arange(num) % classes
+        num = len(labels)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        images = torch.cat([G(torch.randn(min(256, num - i), G.nz, 1, 1, generator=gen))
+        images = torch.cat([G(torch.randn(min(256, num - i), G.nz, 1, 1, generator=gen),
+                              *(() if labels is None else (labels[i:i + 256],)))
                             for i in range(0, num, 256)])
     if not single:
-        save_grid(images, out, nrow=max(1, int(num ** 0.5)))
+        save_grid(images, out, nrow=nrow)
         return out
     out.mkdir(parents=True, exist_ok=True)
     from torchvision.utils import save_image

@@ -21,8 +21,8 @@ from .data import ShardedReader, to_float
 from .errors import HvdganError
 from .gan import GAN
 from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
-from .models import Discriminator, Generator, architecture
 from .placement import default_device, describe, place
+from .zoo import architecture, build, grid_labels
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
@@ -107,10 +107,16 @@ class Trainer:
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
 
+        if cfg.conditional and not m.has_labels:
+            raise HvdganError(f"{cfg.data}: --conditional needs class labels, but this dataset has none (its "
+                              "manifest says labels: null); prepare it from a labelled source (digits, CIFAR-10, "
+                              "class sub-folders) or train without --conditional")
+        self.classes = len(m.labels) if cfg.conditional else 0
+
         # models, placed on this rank's devices
         torch.manual_seed(cfg.seed)
-        G = place(Generator(cfg.nz, cfg.ngf, cfg.channels, cfg.image_size), cfg.devices["G"])
-        D = place(Discriminator(cfg.ndf, cfg.channels, cfg.image_size, cfg.spectral_norm), cfg.devices["D"])
+        G, D = build(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, cfg.channels, cfg.image_size, cfg.spectral_norm, self.classes)
+        G, D = place(G, cfg.devices["G"]), place(D, cfg.devices["D"])
         if cfg.channels_last:
             G.to(memory_format=torch.channels_last)
             D.to(memory_format=torch.channels_last)
@@ -120,6 +126,7 @@ class Trainer:
         self.gan = GAN(G, D, cfg.gan, hvd)
         self.real_device = self.gan.real_device
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
+        self.gan.rng = self.noise_gen  # DiffAugment's draws: per rank, saved with the checkpoint
         self.step, self.epoch, self.batch = 0, 0, 0
         self.last_checkpoint = None  # rank 0's newest good checkpoint (named when a run stops on NaN)
         self.resumed_from = None  # never removed by keep-last-K
@@ -216,7 +223,10 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
             self.runlog = RunLog(self.out, cfg.tensorboard, resume_step=self.step)
-            self.fixed_noise = torch.randn(64, cfg.nz, 1, 1, generator=torch.Generator().manual_seed(cfg.seed))
+            # the fixed grid: 8 x 8, or one row of 8 per class when conditional
+            self.fixed_labels = grid_labels(self.classes, 8) if self.classes else None
+            self.fixed_noise = torch.randn(8 * self.classes if self.classes else 64, cfg.nz, 1, 1,
+                                           generator=torch.Generator().manual_seed(cfg.seed))
             self.real_stats = gaussian(features8(to_float(self._real_sample(), "cpu")))
             log.info("training %d steps on %d rank(s), batch %d per rank, %s; out: %s", self.total_steps,
                      self.size, cfg.batch_size, describe(cfg.devices), self.out)
@@ -236,15 +246,16 @@ class Trainer:
         steps_in_window = 0
         result = {"status": "done"}
         while self.step < self.total_steps and result["status"] == "done":
-            for (images, _), wait in timed(self.reader.epoch(self.epoch, start_batch=self.batch)):
+            for (images, labels), wait in timed(self.reader.epoch(self.epoch, start_batch=self.batch)):
                 t0 = time.perf_counter()
                 real = to_float(images, self.real_device)
                 if cfg.channels_last:
                     real = real.contiguous(memory_format=torch.channels_last)
                 z = self.gan.noise(real.shape[0], self.noise_gen)
+                y = labels.to(self.real_device) if self.classes else None
                 t_data += time.perf_counter() - t0 + wait
                 self.batch += 1
-                if not self.gan.step(real, z, self.step + 1):
+                if not self.gan.step(real, z, self.step + 1, y):
                     continue
                 self.step += 1
                 steps_in_window += 1
@@ -332,10 +343,13 @@ class Trainer:
         model = self.gan.sample_model()
         was_training = model.training
         model.eval()
+        dev = self.gan.noise_device
+        cond = (lambda y: (y.to(dev),)) if self.classes else (lambda y: ())
+        every_class = torch.arange(128) % max(self.classes, 1)
         with torch.no_grad():
-            grid_imgs = model(self.fixed_noise.to(self.gan.noise_device)).float()
+            grid_imgs = model(self.fixed_noise.to(dev), *cond(self.fixed_labels)).float()
             gen = torch.Generator().manual_seed(self.cfg.seed + 1)
-            fakes = torch.cat([model(torch.randn(128, self.cfg.nz, 1, 1, generator=gen).to(self.gan.noise_device))
+            fakes = torch.cat([model(torch.randn(128, self.cfg.nz, 1, 1, generator=gen).to(dev), *cond(every_class))
                                .float().cpu() for _ in range(FD_SAMPLES // 128)])
         model.train(was_training)
         samples = self.out / "samples"

@@ -1,9 +1,16 @@
 """Runs on every rank of a multi-process test (or alone) and checks one property of the GAN step.
 
     train DATA OUT [options]   hvdgan's Trainer; then every rank's parameters are compared
-    syncbn OUT B               fixed global batch of 2B (np=1) or B per rank (np=2), SyncBatchNorm;
+    syncbn OUT B [sync] [model] fixed global batch of 2B (np=1) or B per rank (np=2), SyncBatchNorm;
                                rank 0 saves the flattened parameters after a few steps
-    traffic OUT [fp16]         counts the tensors and bytes all-reduced in one iteration
+    traffic OUT [fp16] [model] counts the tensors and bytes all-reduced in one iteration
+
+    resnet DIR [DATA]          the ResNet checks in one launch: syncbn (DIR/npN-sync.pt; with 2 ranks also
+                               DIR/np2-local.pt; with 1, the conditioning toy: DIR/conditioning.json), then,
+                               with DATA, train, then traffic (DIR/traffic.json)
+
+`model`: dcgan (default) or resnet-cond (the conditional ResNet: conditional BatchNorm in G, projection
+D; for traffic also DiffAugment and an R1 penalty due in the counted iteration).
 """
 
 import json
@@ -17,7 +24,7 @@ import horovod.torch.optimizer as hvd_optimizer
 from hvdgan import distributed as dist
 from hvdgan.config import DataFacts, World, build, resolve
 from hvdgan.gan import GAN
-from hvdgan.models import Discriminator, Generator
+from hvdgan.zoo import build as build_nets
 
 
 def flat(*models) -> torch.Tensor:
@@ -48,26 +55,35 @@ def train(data, out, *opts):
     print(f"rank {hvd.rank()}: parameters {'IDENTICAL' if same else 'DIFFERENT'} on {hvd.size()} ranks", flush=True)
 
 
-def syncbn(out, per_rank, sync="1"):
+def nets(model, cfg, channels):
+    """(G, D, number of classes) for `model`: dcgan or resnet-cond (10 classes, tiny widths)."""
+    classes = 10 if model == "resnet-cond" else 0
+    G, D = build_nets(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, channels, 32, num_classes=classes)
+    return G, D, classes
+
+
+def syncbn(out, per_rank, sync="1", model="dcgan"):
     per_rank = int(per_rank)
-    cfg = settings(dict(ngf=8, ndf=8, nz=16, sync_bn=sync == "1", ema=0.0), channels=1)
+    resnet = dict(model="resnet", ngf=4, ndf=4, conditional=True) if model == "resnet-cond" else {}
+    cfg = settings({"ngf": 8, "ndf": 8, "nz": 16, "sync_bn": sync == "1", "ema": 0.0, **resnet}, channels=1)
     torch.manual_seed(0)
-    G, D = Generator(cfg.nz, cfg.ngf, 1, 32), Discriminator(cfg.ndf, 1, 32)
+    G, D, classes = nets(model, cfg, 1)
     gan = GAN(G, D, cfg.gan, hvd)
     gen = torch.Generator().manual_seed(1)
     global_batch = per_rank * 2
     for _ in range(3):
         real = torch.rand(global_batch, 1, 32, 32, generator=gen) * 2 - 1
         z = torch.randn(global_batch, cfg.nz, 1, 1, generator=gen)
+        y = torch.randint(0, max(classes, 1), (global_batch,), generator=gen)
         # np=1 takes the whole global batch; np=2 gives each rank its half
         lo, hi = (0, global_batch) if hvd.size() == 1 else (hvd.rank() * per_rank, (hvd.rank() + 1) * per_rank)
-        gan.step(real[lo:hi], z[lo:hi])
+        gan.step(real[lo:hi], z[lo:hi], 0, y[lo:hi] if classes else None)
     if hvd.rank() == 0:
         torch.save(flat(G, D), out)
     print(f"rank {hvd.rank()}: syncbn done", flush=True)
 
 
-def traffic(out, fp16="0"):
+def traffic(out, fp16="0", model="dcgan"):
     counted = {"tensors": 0, "elements": 0, "bytes": 0}
     real_allreduce = hvd_optimizer.allreduce_async_
 
@@ -78,10 +94,13 @@ def traffic(out, fp16="0"):
         return real_allreduce(tensor, *args, **kwargs)
 
     hvd_optimizer.allreduce_async_ = counting  # a spy: the real allreduce still runs
-    cfg = settings(dict(ngf=16, ndf=16, fp16_allreduce=fp16 == "1"), channels=3)
-    G, D = Generator(cfg.nz, cfg.ngf, 3, 32), Discriminator(cfg.ndf, 3, 32)
+    resnet = (dict(model="resnet", ngf=4, ndf=4, conditional=True, augment="color,translation,cutout", r1=1.0)
+              if model == "resnet-cond" else {})
+    cfg = settings({"ngf": 16, "ndf": 16, "fp16_allreduce": fp16 == "1", **resnet}, channels=3)
+    G, D, classes = nets(model, cfg, 3)
     gan = GAN(G, D, cfg.gan, hvd)
-    gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.nz, 1, 1))
+    y = torch.arange(8) % classes if classes else None
+    gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.nz, 1, 1), 0, y)  # (R1 is due at step 0)
     counted["params_G"] = sum(p.numel() for p in G.parameters())
     counted["params_D"] = sum(p.numel() for p in D.parameters())
     counted["tensors_G_D"] = len(list(G.parameters())) + len(list(D.parameters()))
@@ -91,6 +110,40 @@ def traffic(out, fp16="0"):
     print(f"rank {hvd.rank()}: {counted}", flush=True)
 
 
+def conditioning(out, steps=150):
+    """A two-class toy (class 0: dark images, class 1: bright ones): after `steps` steps the conditional
+    ResNet's samples for class 0 are darker than those for class 1. Writes their mean brightness."""
+    cfg = settings(dict(model="resnet", conditional=True, ngf=4, ndf=4, nz=8, ema=0.0, beta1=0.0, beta2=0.9),
+                   channels=1)
+    torch.manual_seed(0)
+    G, D = build_nets("resnet", cfg.nz, cfg.ngf, cfg.ndf, 1, 32, num_classes=2)
+    gan = GAN(G, D, cfg.gan, hvd)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(steps):
+        y = torch.randint(0, 2, (16,), generator=gen)
+        real = (y.float() * 1.6 - 0.8).view(16, 1, 1, 1) + 0.1 * torch.randn(16, 1, 32, 32, generator=gen)
+        gan.step(real, gan.noise(16, gen), i, y)
+    G.eval()
+    with torch.no_grad():
+        z = torch.randn(64, cfg.nz, 1, 1, generator=gen)
+        means = [G(z, torch.full((64,), k)).mean().item() for k in (0, 1)]
+    with open(out, "w") as f:
+        json.dump({"class0": means[0], "class1": means[1], "steps": steps}, f)
+
+
+def resnet(directory, data=None):
+    """Every ResNet check in one launch (a launch costs more than the checks on tiny models)."""
+    syncbn(f"{directory}/np{hvd.size()}-sync.pt", "8", "1", "resnet-cond")
+    if hvd.size() == 1:
+        conditioning(f"{directory}/conditioning.json")
+    if hvd.size() > 1:
+        syncbn(f"{directory}/np{hvd.size()}-local.pt", "8", "0", "resnet-cond")
+    if data:
+        train(data, f"{directory}/run", 'model="resnet"', "ngf=4", "ndf=4", "nz=16", "conditional=true",
+              'augment="translation,cutout,color"', "r1=1.0", "r1_every=2", "d_steps=2", "max_steps=3")
+        traffic(f"{directory}/traffic.json", "0", "resnet-cond")  # (last: it leaves its spy in place)
+
+
 if __name__ == "__main__":
     dist.init()
-    {"train": train, "syncbn": syncbn, "traffic": traffic}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "syncbn": syncbn, "traffic": traffic, "resnet": resnet}[sys.argv[1]](*sys.argv[2:])
