@@ -12,6 +12,9 @@ median over rounds.
 
     .venv/bin/python benchmarks/bench_train.py            # about 6 minutes on 2 cores
     .venv/bin/python benchmarks/bench_train.py --quick    # about 2 minutes
+
+    3. --stop-cost: the stop flag's price (hvdgan/stop.py: a 1-element allreduce submitted with D's
+       gradients every step): hvdgan at np=2 with and without it, alternating: target cost <= 1%
 """
 
 from __future__ import annotations
@@ -109,6 +112,8 @@ def hvdgan_worker(args) -> dict:
                       max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
                       checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu").validate()
     trainer = Trainer(cfg)
+    if args.no_stop_flag:
+        trainer.gan.stop_flag = None  # no flag submitted: poll() finds nothing, signals are then ignored
     trainer.run()
     if trainer.rank != 0:
         return {}
@@ -124,6 +129,9 @@ def run(kind: str, np: int, args, data: str, controller: str = "gloo") -> float:
     if kind == "plain-horovod":
         me[3] = "plain"
         me.append("--horovod")
+    if kind == "hvdgan-nostop":
+        me[3] = "hvdgan"
+        me.append("--no-stop-flag")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if kind == "plain-pair":  # np independent plain loops at once: the machine's own ceiling
         me[3] = "plain"
@@ -161,6 +169,8 @@ def main() -> None:
     ap.add_argument("--ndf", type=int, default=64)
     ap.add_argument("--nz", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="2 rounds of shorter runs")
+    ap.add_argument("--no-stop-flag", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--stop-cost", action="store_true", help="only: hvdgan np=2 with and without the stop flag")
     args = ap.parse_args()
 
     if args.worker:
@@ -179,6 +189,8 @@ def main() -> None:
     print(f"DCGAN 32x32x3, ngf={args.ngf} ndf={args.ndf} nz={args.nz}, batch {args.batch} per rank, one thread per "
           f"rank, {args.window}-step windows x {args.windows - 1} timed (+1 warm-up), {args.rounds} rounds; "
           f"{os.cpu_count()} CPUs")
+    if args.stop_cost:
+        return stop_cost(args, data)
     # (kind, ranks, controller): horovodrun's default controller is MPI when Horovod has it
     configs = [("plain", 1, "-"), ("hvdgan", 1, "-"), ("plain-horovod", 1, "mpi"), ("hvdgan", 2, "mpi"),
                ("plain-horovod", 2, "mpi"), ("hvdgan", 2, "gloo"), ("plain-horovod", 2, "gloo"), ("plain-pair", 2, "-")]
@@ -204,6 +216,21 @@ def main() -> None:
     ceiling = med[("plain", 1, "-")] / med[("plain-pair", 2, "-")]
     print(f"two independent plain loops at once vs one (no communication at all; the machine's ceiling): "
           f"{ceiling:.3f}")
+
+
+def stop_cost(args, data: str) -> None:
+    """hvdgan np=2 (MPI) with the stop flag against without it, alternating, median per configuration."""
+    configs = ("hvdgan", "hvdgan-nostop")
+    times = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in (configs if r % 2 == 0 else configs[::-1]):
+            times[c].append(run(c, 2, args, data, controller="mpi"))
+        print(f"round {r + 1}: " + ", ".join(f"{c} {t[-1] * 1000:.1f} ms/step" for c, t in times.items()), flush=True)
+    with_flag, without = (statistics.median(times[c]) for c in configs)
+    spread = max(abs(a - b) / b for a, b in zip(times["hvdgan"], times["hvdgan-nostop"]))
+    cost = with_flag / without - 1
+    print(f"\nstop flag cost, np=2 mpi: {cost * 100:+.2f}% of a step ({with_flag * 1000:.2f} vs {without * 1000:.2f} "
+          f"ms; largest per-round difference {spread * 100:.1f}%)   target <= 1%  {'PASS' if cost <= 0.01 else 'MISS'}")
 
 
 if __name__ == "__main__":

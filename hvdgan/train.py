@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from . import stop
 from .config import TrainConfig
 from .data import ShardedReader, to_float
 from .errors import HvdganError
@@ -22,21 +22,11 @@ from .gan import GAN
 from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
 from .models import Discriminator, Generator, architecture, check_image_size
 from .placement import Placement, block_devices, default_device, describe, place
+from . import watchdog
+from .watchdog import Watchdog
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
-
-
-class Preemption:
-    """SIGUSR1 (Slurm's --signal) or SIGTERM: finish the step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.signum = 0
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
 
 
 def timed(iterable):
@@ -106,6 +96,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.arch = {"G": architecture(G), "D": architecture(D)}
         self.gan = GAN(G, D, cfg, hvd, self.size, ema=self.root)  # only rank 0 samples and saves the EMA
+        self.stop = self.gan.stop_flag = stop.StopFlag(hvd)  # USR1/TERM: all ranks stop at one step (stop.py)
         self.real_device = self.gan.real_device
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
         self.step, self.epoch, self.batch = 0, 0, 0
@@ -169,7 +160,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------- the loop
     def run(self) -> dict:
         cfg = self.cfg
-        preempt = Preemption()
+        if self.stop.now():  # a signal during start-up: stop before step 1, nothing written, nothing lost
+            if self.root:
+                log.warning("preempted at step %d before training (%s): nothing to save", self.step,
+                            stop.name(stop.received()) if stop.received() else "a signal on another rank")
+            return {"status": "preempted", "step": self.step, "signal": stop.name(stop.received())}
         if self.root:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(
@@ -190,6 +185,8 @@ class Trainer:
         t_window = time.perf_counter()
         steps_in_window = 0
         result = {"status": "done"}
+        dog = Watchdog()  # a hung rank (SIGSTOP, a frozen node): every other rank exits (watchdog.py)
+        dog.beat()
         while self.step < self.total_steps and result["status"] == "done":
             for (images, _), wait in timed(self.reader.epoch(self.epoch, start_batch=self.batch)):
                 t0 = time.perf_counter()
@@ -203,55 +200,61 @@ class Trainer:
                     continue
                 self.step += 1
                 steps_in_window += 1
+                dog.beat()
                 if bar is not None:
                     bar.update(1)
                 last = self.step == self.total_steps
-                due_log = self.step % cfg.log_every == 0 or last
-                due_ckpt = self.step % cfg.checkpoint_every == 0 or last
+                stopping = self.stop.poll() and not last  # a signal on any rank: the same step on every rank
+                due_log = self.step % cfg.log_every == 0 or last or stopping
+                due_ckpt = self.step % cfg.checkpoint_every == 0 or last or stopping
                 if due_log or due_ckpt:
                     # a window's time covers everything since the last one: its sync, samples, checkpoints
                     now = time.perf_counter()
-                    status = self.sync(t_data, now - t_window, steps_in_window, preempt.signum, log_it=due_log,
-                                       bar=bar)
+                    self.sync(t_data, now - t_window, steps_in_window, log_it=due_log, bar=bar)
                     if due_log:  # (a checkpoint-only sync leaves the log window running)
                         t_data, t_window, steps_in_window = 0.0, now, 0
-                    if status["preempted"]:
-                        path = self.save_checkpoint()
-                        if self.root:
-                            log.warning("preempted (signal %d) at step %d: checkpoint %s", status["preempted"],
-                                        self.step, path)
-                        result = {"status": "preempted"}
-                        break
                     if due_ckpt:
                         self.save_checkpoint()
+                if stopping:
+                    signame = stop.name(stop.received()) if stop.received() else "a signal on another rank"
+                    if self.root:
+                        log.warning("preempted (%s) at step %d: checkpoint %s", signame, self.step,
+                                    self.last_checkpoint)
+                    result = {"status": "preempted", "signal": signame}
+                    break
                 if self.root and (self.step % cfg.sample_every == 0 or last):
                     self.sample()
                 if last:
                     break
             else:  # the epoch ran out: the next one starts with a new shard deal
                 self.epoch, self.batch = self.epoch + 1, 0
+        dog.stop()
         if bar is not None:
             bar.close()
         if self.root:
             self.runlog.close()
-            plot = plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
+            # (a stopped run leaves the plot to its end: it must be gone before Slurm's KILL)
+            plot = (plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
+                    if result["status"] == "done" else None)
             result.update(step=self.step, out=str(self.out), checkpoint=str(self.last_checkpoint),
                           samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None)
             (self.out / "result.json").write_text(json.dumps(result, indent=2))
             log.info("%s at step %d: samples %s, loss plot %s, checkpoint %s", result["status"], self.step,
                      result["samples"], result["plot"], result["checkpoint"])
+        if result["status"] == "preempted":  # hvd: no rank exits (75) before rank 0 has written everything,
+            self.hvd.barrier()               # or srun --kill-on-bad-exit would kill it mid-write
         return result
 
-    def sync(self, t_data: float, elapsed: float, steps: int, signum: int, log_it: bool, bar=None) -> dict:
-        """One small allgather: losses and timings for the log, plus the preemption flag and the first
-        non-finite step of every rank, so that all ranks stop (or go on) together."""
+    def sync(self, t_data: float, elapsed: float, steps: int, log_it: bool, bar=None) -> None:
+        """One small allgather: losses and timings for the log, plus the first non-finite step of every
+        rank, so that all ranks stop (or go on) together."""
         stats, n, timers = self.gan.pop_stats(reset=log_it)
         local = torch.cat([stats.double().cpu(), torch.tensor(
-            [n, t_data, timers["compute"], timers["allreduce_wait"], float(signum), self.gan.pop_bad_step()],
+            [n, t_data, timers["compute"], timers["allreduce_wait"], self.gan.pop_bad_step()],
             dtype=torch.float64)])
         every = self.hvd.allgather(local.unsqueeze(0), name="hvdgan.sync")  # hvd: [ranks, values]
         k = len(self.gan.STATS)
-        bad = [int(b) for b in every[:, k + 5].tolist() if b > 0]
+        bad = [int(b) for b in every[:, k + 4].tolist() if b > 0]
         if bad:
             good = f"; last good checkpoint: {self.last_checkpoint}" if self.root else ""
             raise HvdganError(f"loss became NaN or infinite at step {min(bad)}: stopped{good}. Lower the learning "
@@ -280,7 +283,6 @@ class Trainer:
                     bar.set_postfix_str(line.split(" | ", 1)[1], refresh=False)
                 else:
                     log.info(line)
-        return {"preempted": int(every[:, k + 4].max().item())}
 
     def sample(self) -> None:
         """Rank 0: the fixed-noise grid from G's EMA, and the 8x8 Frechet distance to the real data."""
@@ -324,4 +326,7 @@ def train(cfg: TrainConfig) -> dict:
     trainer = Trainer(cfg)
     if trainer.rank != 0:
         log.setLevel(logging.WARNING)
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:
+        watchdog.cancel()  # (an error left the loop with the watchdog armed)
