@@ -167,7 +167,10 @@ def train(ctx, **values):
     """
     from .train import train as run_training
 
-    result = run_training(_resolve_config(ctx, values))
+    try:
+        result = run_training(_resolve_config(ctx, values))
+    finally:
+        stop.ignore_from_now()
     if result.get("status") == "preempted":
         click.echo(f"preempted at step {result.get('step')} (signal {result.get('signal')}): resume with "
                    f"--resume auto; exit status {stop.EXIT_STOPPED}", err=True)

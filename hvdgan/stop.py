@@ -6,9 +6,9 @@ preemption, a time limit, `timeout`) mean "checkpoint and stop". They may come a
 - `install()` runs first thing in an `hvdgan train` process (hvdgan/cli.py, before click, torch and
   Horovod are imported): from then on the two signals only set a flag, they no longer kill the process;
 - `StopFlag` turns the flags of all ranks into one decision without a per-step collective of its own: each
-  D update submits a 1-element `allreduce_async_` just before `opt_d.step()`, so Horovod negotiates it in
-  the cycle that carries D's gradients (same dtype, op and scale: it is fused with them); the step after
-  reads the result, which has long arrived. A signal that comes during step k stops the run after step k
+  D update submits a 1-element `allreduce_async_` just before `opt_d.step()`, so Horovod takes it up with
+  D's last gradients (same dtype, op and scale: it can fuse it with them) while opt_d.step() waits for
+  those anyway; the end of the step reads the result, which has arrived by then (G's update came after). A signal that comes during step k stops the run after step k
   or k + 1 on every rank;
 - `StopFlag.now()` is the one synchronous check, before step 1: a run signalled during start-up (Horovod
   init, data, models, loading a checkpoint) exits cleanly without training, and its next start resumes
@@ -43,6 +43,14 @@ def install() -> None:
     # slurm/train.sh starts the ranks with the two blocked (`env --block-signal`), so that one sent
     # before this point waits instead of killing the process: it arrives now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+
+
+def ignore_from_now() -> None:
+    """The run is over: ignore further USR1/TERM while the process exits. (Python restores the default
+    action, death, while it finalizes: slurm/train.sh repeats its USR1 until the ranks are gone, and a
+    rank that died of it in its last second would turn a clean exit 75 into a failure, 138.)"""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def received() -> int:

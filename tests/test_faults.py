@@ -15,6 +15,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 from conftest import HVDGAN, launch, run_env
 from faults import (EXIT_STOPPED, N, assert_same_final, catches, checkpoints, job_args, kill_group, logged_steps,
@@ -111,13 +112,17 @@ def test_a_rank_killed_mid_step_ends_the_job_and_resume_continues(digits, tmp_pa
     assert rc != 0 and seconds < 60 and not left, (rc, seconds, left, text[-3000:])
     newest = checkpoints(out)[-1]
     assert newest >= 6
+    state = torch.load(out / "checkpoints" / f"ckpt-{newest:08d}.pt", weights_only=False, map_location="cpu")
+    assert state["step"] == newest  # the newest checkpoint is whole
+    if launcher != "gloo":  # resuming does not depend on the launcher: once is enough (and under srun)
+        return
     done = launch(launcher, [HVDGAN, "train", *args[:-4], "--out", str(out), "--max-steps", str(newest + 2),
                              "--resume", "auto"], timeout=300)
     assert f"resumed from {out}/checkpoints/ckpt-{newest:08d}.pt at step {newest}" in done.stdout + done.stderr
     assert checkpoints(out)[-1] == newest + 2
 
 
-@pytest.mark.parametrize("launcher,victim", [("mpirun", 0), ("gloo", 1)])
+@pytest.mark.parametrize("launcher,victim", [("mpirun", 0)])  # no MPI time-out, no stall shutdown for rank 0
 def test_a_hung_rank_ends_the_job_within_the_stall_timeout(digits, tmp_path, launcher, victim):
     out = tmp_path / "run"
     timeout = 8

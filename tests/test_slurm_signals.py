@@ -57,8 +57,9 @@ def test_usr1_at_start_up_and_mid_run_requeue_and_end_exact(slurm_cluster, digit
     starts (before step 1), once mid-run. Each time: exit 75, requeue, resume; the end is exact."""
     out = tmp_path / "run"
     jobid, log = submit(slurm_cluster, tmp_path, job_args(digits, out)[2:])
-    wait_for(lambda: running(slurm_cluster, jobid, log), 120, "the job running")
-    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(jobid)])  # start-up
+    # (Slurm drops a signal to a batch step that has not started yet: wait for the script's first line)
+    wait_for(lambda: running(slurm_cluster, jobid, log) and "start 0:" in text_of(log), 120, "the script")
+    slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(jobid)])  # the ranks' start-up
     wait_for(lambda: slurm_cluster.job(jobid)["Restarts"] == "1", 120, "the first requeue")
     assert steps_done(out) == 0, text_of(log)[-4000:]
 
