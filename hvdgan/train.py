@@ -220,7 +220,7 @@ class Trainer:
                     if self.root:
                         log.warning("preempted (%s) at step %d: checkpoint %s", signame, self.step,
                                     self.last_checkpoint)
-                    result = {"status": "preempted", "signal": signame}
+                    result = {"status": "preempted", "signal": signame, "step": self.step}
                     break
                 if self.root and (self.step % cfg.sample_every == 0 or last):
                     self.sample()
