@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,12 +61,19 @@ exec "$@"
         "scontrol": f"""#!/bin/bash
 echo "scontrol $*" >> {log}
 """,
-        "hvdgan": f"""#!/bin/bash
-echo "hvdgan $*" >> {log}
-trap 'echo "preempted at step 7"; exit 75' USR1
-echo ready > {tmp_path}/ready
-for i in $(seq 40); do sleep 0.05; done
-echo "done"
+        # as hvdgan/stop.py: a handler, then unblock (train.sh starts the ranks with USR1/TERM blocked)
+        "hvdgan": f"""#!{sys.executable}
+import signal, sys, time
+open("{log}", "a").write("hvdgan " + " ".join(sys.argv[1:]) + "\\n")
+def stop(signum, frame):
+    print("preempted at step 7", flush=True)
+    sys.exit(75)
+signal.signal(signal.SIGUSR1, stop)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGUSR1, signal.SIGTERM}})
+open("{tmp_path}/ready", "w").write("ready")
+for i in range(40):
+    time.sleep(0.05)
+print("done", flush=True)
 """,
     }
     for name, body in scripts.items():
