@@ -8,8 +8,8 @@ preemption, a time limit, `timeout`) mean "checkpoint and stop". They may come a
 - `StopFlag` turns the flags of all ranks into one decision without a per-step collective of its own: each
   D update submits a 1-element `allreduce_async_` just before `opt_d.step()`, so Horovod takes it up with
   D's last gradients (same dtype, op and scale: it can fuse it with them) while opt_d.step() waits for
-  those anyway; the end of the step reads the result, which has arrived by then (G's update came after). A signal that comes during step k stops the run after step k
-  or k + 1 on every rank;
+  those anyway; the end of the step reads the result, which has arrived by then (G's update came after).
+  A signal that comes during step k stops the run after step k or k + 1 on every rank;
 - `StopFlag.now()` is the one synchronous check, before step 1: a run signalled during start-up (Horovod
   init, data, models, loading a checkpoint) exits cleanly without training, and its next start resumes
   from where it was.

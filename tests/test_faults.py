@@ -143,3 +143,17 @@ def test_a_hung_rank_ends_the_job_within_the_stall_timeout(digits, tmp_path, lau
     assert rc != 0, text[-3000:]
     assert "Timeout (0:00:08)!" in text, text[-3000:]
     assert timeout - 1 < seconds < timeout + 30, seconds
+
+
+def test_stall_timeout_setting(monkeypatch):
+    from hvdgan import watchdog
+    from hvdgan.errors import HvdganError
+
+    monkeypatch.delenv(watchdog.ENV, raising=False)
+    assert watchdog.timeout() == watchdog.DEFAULT_SECONDS == 300
+    monkeypatch.setenv(watchdog.ENV, "0")
+    assert watchdog.timeout() == 0  # off
+    for bad in ("soon", "-5"):
+        monkeypatch.setenv(watchdog.ENV, bad)
+        with pytest.raises(HvdganError, match=f"HVDGAN_STALL_TIMEOUT='{bad}'"):
+            watchdog.timeout()
