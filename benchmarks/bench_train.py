@@ -15,6 +15,9 @@ a launcher's output tags (`[1,0]<stdout>:`) can land on the same line.
     .venv/bin/python benchmarks/bench_train.py --quick    # about 2 minutes
     .venv/bin/python benchmarks/bench_train.py --smoke    # tiny model, 1 round: checks that every path runs
     .venv/bin/python benchmarks/bench_train.py --model resnet --ngf 16 --ndf 16 --overhead-only   # 1. only
+
+    3. --stop-cost: the stop flag's price (hvdgan/stop.py: a 1-element allreduce submitted with D's
+       gradients every step): hvdgan at np=2 with and without it, alternating: target cost <= 1%
 """
 
 from __future__ import annotations
@@ -113,12 +116,28 @@ def hvdgan_worker(args) -> dict:
                      ndf=args.ndf, batch_size=args.batch, max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
                      checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu"))
     trainer = Trainer(cfg)
+    flag_time = [0.0]
+    if args.no_stop_flag:
+        trainer.gan.stop_flag = None  # no flag submitted: poll() finds nothing, signals are then ignored
+    else:  # the time the loop spends in the flag's own calls (submit before opt_d.step, poll after the step)
+        def timed_call(fn):
+            def call(*a, **k):
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    flag_time[0] += time.perf_counter() - t0
+            return call
+
+        trainer.stop.submit = timed_call(trainer.stop.submit)
+        trainer.stop.poll = timed_call(trainer.stop.poll)
     trainer.run()
     if trainer.rank != 0:
         return {}
     windows = [r["time_step"] for r in read_metrics(out / "metrics.jsonl") if "time_step" in r]
     shutil.rmtree(out, ignore_errors=True)
-    return {"rank": 0, "step_s": statistics.median(windows[1:]), "windows": windows}
+    return {"rank": 0, "step_s": statistics.median(windows[1:]), "windows": windows,
+            "flag_s": flag_time[0] / cfg.max_steps}
 
 
 def write_result(template: str, result: dict) -> None:
@@ -136,6 +155,7 @@ def read_result(path: Path, what: str, proc_out: str) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- main
+FLAG_S: list = []  # hvdgan workers: seconds per step spent in the stop flag's calls
 def run(kind: str, np: int, args, data: str, controller: str = "gloo") -> float:
     results = Path(tempfile.mkdtemp(prefix="bench-result-"))
     try:
@@ -152,6 +172,9 @@ def _run(kind: str, np: int, args, data: str, controller: str, results: Path) ->
     if kind == "plain-horovod":
         me[3] = "plain"
         me.append("--horovod")
+    if kind == "hvdgan-nostop":
+        me[3] = "hvdgan"
+        me.append("--no-stop-flag")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if kind == "plain-pair":  # np independent plain loops at once: the machine's own ceiling
         me[3] = "plain"
@@ -169,7 +192,9 @@ def _run(kind: str, np: int, args, data: str, controller: str, results: Path) ->
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"{kind} np={np} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return read_result(results / "result-0.json", f"{kind} np={np}", proc.stdout + proc.stderr)["step_s"]
+    result = read_result(results / "result-0.json", f"{kind} np={np}", proc.stdout + proc.stderr)
+    FLAG_S.append(result.get("flag_s"))
+    return result["step_s"]
 
 
 def main() -> None:
@@ -192,6 +217,8 @@ def main() -> None:
                          "one per way of starting and reporting; the figures mean nothing (tests/test_benchmarks.py)")
     ap.add_argument("--model", choices=["dcgan", "resnet"], default="dcgan")
     ap.add_argument("--overhead-only", action="store_true", help="only 1.: plain vs hvdgan at np=1")
+    ap.add_argument("--no-stop-flag", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--stop-cost", action="store_true", help="only: hvdgan np=2 with and without the stop flag")
     args = ap.parse_args()
 
     if args.worker:
@@ -217,6 +244,8 @@ def main() -> None:
         configs = [("plain", 1, "-"), ("hvdgan", 1, "-"), ("plain-horovod", 1, "mpi"), ("hvdgan", 2, "mpi"),
                    ("plain-horovod", 2, "mpi"), ("hvdgan", 2, "gloo"), ("plain-horovod", 2, "gloo"),
                    ("plain-pair", 2, "-")]
+        if args.stop_cost:
+            return stop_cost(args, data)
         if args.overhead_only:  # 1. only
             configs = configs[:2]
         if args.smoke:  # one of each way to start and report: a process, horovodrun --mpi / --gloo, a pair
@@ -251,6 +280,24 @@ def main() -> None:
               f"{ratio(('plain', 1, '-'), ('plain-pair', 2, '-'))}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_cost(args, data: str) -> None:
+    """hvdgan np=2 (MPI) with the stop flag against without it, alternating, median per configuration."""
+    configs = ("hvdgan", "hvdgan-nostop")
+    times = {c: [] for c in configs}
+    for r in range(args.rounds):
+        for c in (configs if r % 2 == 0 else configs[::-1]):
+            times[c].append(run(c, 2, args, data, controller="mpi"))
+        print(f"round {r + 1}: " + ", ".join(f"{c} {t[-1] * 1000:.1f} ms/step" for c, t in times.items()), flush=True)
+    with_flag, without = (statistics.median(times[c]) for c in configs)
+    spread = max(abs(a - b) / b for a, b in zip(times["hvdgan"], times["hvdgan-nostop"]))
+    cost = with_flag / without - 1
+    flag = statistics.median([f for f in FLAG_S if f is not None])
+    print(f"\ntime in the stop flag's calls (submit + poll), rank 0: {flag * 1e6:.0f} us per step = "
+          f"{flag / with_flag * 100:.3f}% of a step")
+    print(f"\nstop flag cost, np=2 mpi: {cost * 100:+.2f}% of a step ({with_flag * 1000:.2f} vs {without * 1000:.2f} "
+          f"ms; largest per-round difference {spread * 100:.1f}%)   target <= 1%  {'PASS' if cost <= 0.01 else 'MISS'}")
 
 
 if __name__ == "__main__":

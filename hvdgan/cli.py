@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 
-import click
+from . import stop
+
+# `hvdgan train`: USR1/TERM set the stop flag from the first moment on (hvdgan/stop.py), before anything slow
+# is imported. Other commands keep the default (a signal ends them).
+if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
+    stop.install()
+
+import click  # noqa: E402
 
 from . import __version__
 from .errors import HvdganError
@@ -149,12 +157,22 @@ def train(ctx, **values):
     \b
       hvdgan train --data data/digits --max-steps 200            # one process
       horovodrun -np 2 hvdgan train --job jobs/digits-demo.yaml   # two ranks
+
+    \b
+    USR1 or TERM: every rank stops after the same step (at most one more), with a checkpoint.
+    Exit status: 0 finished; 75 stopped on USR1/TERM (resume with --resume auto);
+    2 bad input or a training error (e.g. NaN); 1 a crash, e.g. another rank died.
     """
     from .train import train as run_training
 
-    result = run_training(_config(ctx, values))
+    try:
+        result = run_training(_config(ctx, values))
+    finally:
+        stop.ignore_from_now()
     if result.get("status") == "preempted":
-        click.echo(f"preempted at step {result.get('step')}: resume with --resume auto", err=True)
+        click.echo(f"preempted at step {result.get('step')} (signal {result.get('signal')}): resume with "
+                   f"--resume auto; exit status {stop.EXIT_STOPPED}", err=True)
+        ctx.exit(stop.EXIT_STOPPED)
 
 
 @main.command()

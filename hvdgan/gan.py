@@ -122,6 +122,7 @@ class GAN:
         self.ema = (AveragedModel(G, multi_avg_fn=ema_with_warmup(settings.ema), use_buffers=True)
                     if settings.ema > 0 else None)
         self.noise_device = first_device(G)
+        self.stop_flag = None  # hvdgan.stop.StopFlag: submitted with D's gradients every D update
         self.real_device = first_device(D)
         self.loss_device = last_device(D)
         self.stats = Stats(self.STATS, self.loss_device)
@@ -172,6 +173,8 @@ class GAN:
         self.opt_d.zero_grad()  # (set_to_none, the torch default)
         loss_d.backward()
         t1 = time.perf_counter()
+        if self.stop_flag is not None:
+            self.stop_flag.submit()  # hvd: the stop flag (hvdgan/stop.py) rides in the cycle of D's gradients
         self.opt_d.step()  # hvd: synchronize D's gradients, then Adam
         t2 = time.perf_counter()
         self.d_updates += 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import signal
 import time
 from pathlib import Path
 
@@ -15,29 +14,19 @@ import torch
 from . import checkpoint as ckpt
 from . import history
 from . import distributed as dist
-from . import topology
+from . import stop, topology
 from .config import DataFacts, Resolved, TrainConfig, World, resolve
 from .data import ShardedReader, to_float
 from .errors import HvdganError
 from .gan import GAN
 from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
 from .placement import default_device, describe, place
+from . import watchdog
+from .watchdog import Watchdog
 from .zoo import architecture, build, grid_labels
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
-
-
-class Preemption:
-    """SIGUSR1 (Slurm's --signal) or SIGTERM: finish the step, checkpoint, exit cleanly."""
-
-    def __init__(self):
-        self.signum = 0
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.signum = signum
 
 
 def timed(iterable):
@@ -124,6 +113,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.arch = {"G": architecture(G), "D": architecture(D)}
         self.gan = GAN(G, D, cfg.gan, hvd)
+        self.stop = self.gan.stop_flag = stop.StopFlag(hvd)  # USR1/TERM: all ranks stop at one step (stop.py)
         self.real_device = self.gan.real_device
         self.noise_gen = torch.Generator(self.gan.noise_device).manual_seed(cfg.seed * 100_003 + self.rank)
         self.gan.rng = self.noise_gen  # DiffAugment's draws: per rank, saved with the checkpoint
@@ -218,7 +208,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------- the loop
     def run(self) -> dict:
         cfg = self.cfg
-        preempt = Preemption()
+        if self.stop.now():  # a signal during start-up: stop before step 1, nothing written, nothing lost
+            if self.root:
+                log.warning("preempted at step %d before training (%s): nothing to save", self.step,
+                            stop.name(stop.received()) if stop.received() else "a signal on another rank")
+            return {"status": "preempted", "step": self.step, "signal": stop.name(stop.received())}
         if self.root:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -245,6 +239,8 @@ class Trainer:
         t_window = time.perf_counter()
         steps_in_window = 0
         result = {"status": "done"}
+        dog = Watchdog()  # a hung rank (SIGSTOP, a frozen node): every other rank exits (watchdog.py)
+        dog.beat()
         while self.step < self.total_steps and result["status"] == "done":
             for (images, labels), wait in timed(self.reader.epoch(self.epoch, start_batch=self.batch)):
                 t0 = time.perf_counter()
@@ -259,30 +255,31 @@ class Trainer:
                     continue
                 self.step += 1
                 steps_in_window += 1
+                dog.beat()
                 if bar is not None:
                     bar.update(1)
                 last = self.step == self.total_steps
-                due_log = self.step % cfg.log_every == 0 or last
-                due_ckpt = self.step % cfg.checkpoint_every == 0 or last
+                stopping = self.stop.poll() and not last  # a signal on any rank: the same step on every rank
+                due_log = self.step % cfg.log_every == 0 or last or stopping
+                due_ckpt = self.step % cfg.checkpoint_every == 0 or last or stopping
                 if due_log or due_ckpt:
                     # a window's time covers everything since the last one: its sync, samples, checkpoints
                     now = time.perf_counter()
-                    status = self.sync(t_data, now - t_window, steps_in_window, preempt.signum, log_it=due_log,
-                                       bar=bar)
+                    self.sync(t_data, now - t_window, steps_in_window, log_it=due_log, bar=bar)
                     if due_log:  # (a checkpoint-only sync leaves the log window running)
                         t_data, t_window, steps_in_window = 0.0, now, 0
-                    if status["preempted"]:
-                        path = self.save_checkpoint()
-                        # which ranks the signal reached (by now: a rank that got it after the step's sync too)
-                        seen = self.hvd.allgather_object(preempt.signum, name="hvdgan.preempt.seen")
-                        if self.root:
-                            log.warning("preempted (signal %d, seen by rank(s) %s) at step %d: checkpoint %s",
-                                        status["preempted"], ",".join(str(r) for r, s in enumerate(seen) if s),
-                                        self.step, path)
-                        result = {"status": "preempted"}
-                        break
                     if due_ckpt:
                         self.save_checkpoint()
+                if stopping:
+                    signame = stop.name(stop.received()) if stop.received() else "a signal on another rank"
+                    # which ranks the signal reached (on several nodes: did it reach every node?)
+                    seen = self.hvd.allgather_object(stop.received(), name="hvdgan.stop.seen")  # collective
+                    if self.root:
+                        log.warning("preempted (%s, seen by rank(s) %s) at step %d: checkpoint %s", signame,
+                                    ",".join(str(r) for r, s in enumerate(seen) if s), self.step,
+                                    self.last_checkpoint)
+                    result = {"status": "preempted", "signal": signame, "step": self.step}
+                    break
                 if self.root and (self.step % cfg.sample_every == 0 or last):
                     self.sample()
                 if self.evaluator is not None and (self.step % cfg.eval_every == 0 or last):
@@ -291,24 +288,30 @@ class Trainer:
                     break
             else:  # the epoch ran out: the next one starts with a new shard deal
                 self.epoch, self.batch = self.epoch + 1, 0
+        dog.stop()
         if bar is not None:
             bar.close()
         result["parameters_identical"] = topology.parameters_agree(self.hvd, (self.gan.G, self.gan.D))  # collective
         if self.root:
             self.runlog.close()
-            plot = plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
+            # (a stopped run leaves the plot to its end: it must be gone before Slurm's KILL)
+            plot = (plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
+                    if result["status"] == "done" else None)
             result.update(step=self.step, out=str(self.out), checkpoint=str(self.last_checkpoint),
                           samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None)
             (self.out / "result.json").write_text(json.dumps(result, indent=2))
             log.info("%s at step %d: samples %s, loss plot %s, checkpoint %s", result["status"], self.step,
                      result["samples"], result["plot"], result["checkpoint"])
+        if result["status"] == "preempted":  # hvd: no rank exits (75) before rank 0 has written everything,
+            self.hvd.barrier()               # or srun --kill-on-bad-exit would kill it mid-write
         return result
 
-    def sync(self, t_data: float, elapsed: float, steps: int, signum: int, log_it: bool, bar=None) -> dict:
-        """One small allgather: the GAN's statistics and the data time for the log, plus the preemption
-        flag and the first non-finite step of every rank, so that all ranks stop (or go on) together."""
+    def sync(self, t_data: float, elapsed: float, steps: int, log_it: bool, bar=None) -> None:
+        """One small allgather: the GAN's statistics and the data time for the log, plus the first
+        non-finite step of every rank, so that all ranks stop (or go on) together. (The stop flag of a
+        signal travels every step: stop.py.)"""
         stats = self.gan.stats
-        local = stats.pack(time_data=t_data, signum=float(signum), bad_step=self.gan.pop_bad_step())
+        local = stats.pack(time_data=t_data, bad_step=self.gan.pop_bad_step())
         every = stats.unpack(self.hvd.allgather(local.unsqueeze(0), name="hvdgan.sync"))  # hvd: [ranks, values]
         if log_it:  # (a checkpoint-only sync leaves the log window running)
             stats.reset()
@@ -336,7 +339,6 @@ class Trainer:
                     bar.set_postfix_str(line.split(" | ", 1)[1], refresh=False)
                 else:
                     log.info(line)
-        return {"preempted": int(every["signum"].max().item())}
 
     def sample(self) -> None:
         """Rank 0: the fixed-noise grid from G's EMA, and the 8x8 Frechet distance to the real data."""
@@ -394,4 +396,7 @@ def train(cfg: TrainConfig) -> dict:
     trainer = Trainer(cfg)
     if trainer.rank != 0:
         log.setLevel(logging.WARNING)
-    return trainer.run()
+    try:
+        return trainer.run()
+    finally:
+        watchdog.cancel()  # (an error left the loop with the watchdog armed)

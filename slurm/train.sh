@@ -9,10 +9,16 @@
 # (HVDGAN_LAUNCHER=srun|mpirun forces one). Each start runs `hvdgan train --resume auto`, so a requeued
 # job continues from its newest checkpoint.
 #
-# Preemption: 120 s before the time limit Slurm sends USR1 to this script (--signal=B:USR1@120; a site or
-# `scancel --signal=USR1 --batch JOBID` can send it any time). The script forwards it to the ranks, which
-# agree on a step, write a checkpoint and exit 0; then it requeues the job (--requeue), and the log goes on
-# in the same file (--open-mode=append). SIGTERM (scancel, Slurm preemption) is forwarded as well.
+# Ending early (docs/cluster.md, "Stopping, preemption and exit status"):
+# - USR1: 120 s before the time limit Slurm sends USR1 to this script (--signal=B:USR1@120; a site or
+#   `scancel --signal=USR1 --batch JOBID` can send it any time). The ranks finish the step they are in,
+#   write a checkpoint and exit 75; then this script requeues the job (--requeue), and the log goes on in
+#   the same file (--open-mode=append).
+# - TERM (scancel, a preemption, the time limit): Slurm sends it to every task itself, and KILL KillWait
+#   (or a partition's GraceTime) seconds later; the ranks checkpoint within a step and exit 75. A cancelled
+#   job then ends; a preempted one (PreemptMode=REQUEUE) is requeued.
+# - Exit status: 0 finished; 75 stopped with a checkpoint (requeued after USR1); anything else failed (no
+#   requeue: look at the log).
 #
 #SBATCH --job-name=hvdgan
 #SBATCH --nodes=1
@@ -32,6 +38,25 @@ set -euo pipefail
 JOB=${1:-jobs/digits-demo.yaml}
 [ $# -gt 0 ] && shift
 say() { printf '[train.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# --- signals first: from here on USR1/TERM are taken at any moment (the ranks run in the background) --
+# The ranks get USR1 either way: srun and mpirun forward it to every rank as it is, but answer a TERM by
+# killing them; and they get it again every 5 s (a USR1 that came before the ranks existed is not lost).
+stopping= trapped=0
+step=
+forward() {
+  [ -n "$step" ] || return 0
+  kill -USR1 "$step" 2>/dev/null || true
+  if [ -z "${again:-}" ]; then
+    ( while sleep 5 && kill -0 "$step" 2>/dev/null; do kill -USR1 "$step" 2>/dev/null || true; done ) &
+    again=$!
+  fi
+}
+on_usr1() { trapped=1; : "${stopping:=USR1}"; say "USR1: asking the ranks to checkpoint and stop (then requeue)"; forward; }
+on_term() { trapped=1; stopping=TERM; say "TERM: asking the ranks to checkpoint and stop (no requeue)"; forward; }
+trap on_usr1 USR1
+trap on_term TERM
+
 
 # --- site hook: load what your cluster needs (left empty: nothing site-specific by default) ----------
 # module purge
@@ -76,50 +101,55 @@ fi
 case $launcher in
   srun) cmd=(srun --mpi=pmix --kill-on-bad-exit=1) ;;
   mpirun)
-    cmd=(mpirun --bind-to none --map-by slot)
+    # mpirun answers a TERM (scancel) by killing the ranks odls_base_sigkill_timeout s later (default 1):
+    # give them the time to checkpoint (keep it under Slurm's KillWait).
+    cmd=(mpirun --bind-to none --map-by slot --mca odls_base_sigkill_timeout "${HVDGAN_KILL_GRACE:-25}")
     [ "$(id -u)" = 0 ] && cmd+=(--allow-run-as-root)
     for name in $(compgen -e | grep -E '^(HOROVOD_|NCCL_|HVDGAN_|HDF5_|OMP_|PYTHON|CUDA_|LD_LIBRARY_PATH$|PATH$)' || true); do
       cmd+=(-x "$name")
     done ;;
   *) say "error: HVDGAN_LAUNCHER=$launcher: use srun or mpirun"; exit 2 ;;
 esac
+# USR1 and TERM stay blocked (pending, not lost) until hvdgan train has its handlers (hvdgan/stop.py).
+env --block-signal=USR1 true 2>/dev/null && cmd+=(env --block-signal=USR1,TERM)
 cmd+=(hvdgan train --job "$JOB" --resume auto "$@")
 
 say "job ${SLURM_JOB_ID:-?} start ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NODELIST:-?}"
 say "network interface: ${iface:-(chosen by MPI, Gloo and NCCL)}"
 say "$(printf '%q ' "${cmd[@]}")"
 
-# --- run in the background so that this shell can take signals while the ranks train ----------------
-preempted=0 trapped=0
-step=
-forward() {  # $1: signal
-  [ -n "$step" ] && kill -"$1" "$step" 2>/dev/null || true
-}
-on_usr1() { trapped=1; preempted=1; say "USR1: asking the ranks to checkpoint and stop"; forward USR1; }
-on_term() { trapped=1; say "TERM: forwarding to the ranks"; forward TERM; }
-trap on_usr1 USR1
-trap on_term TERM
-
-"${cmd[@]}" &
-step=$!
-# `wait` returns early (status > 128) when a trapped signal arrives: then wait again for the real status.
-while :; do
-  trapped=0 rc=0
-  wait "$step" || rc=$?
-  [ "$trapped" = 1 ] && [ "$rc" -gt 128 ] && continue
-  break
-done
-say "ranks exited with status $rc"
-
-if [ "$preempted" = 1 ]; then
-  if [ "$rc" != 0 ]; then
-    say "preempted, but the ranks failed (status $rc): not requeueing"
-    exit "$rc"
-  fi
-  say "requeueing job $SLURM_JOB_ID (it resumes from the newest checkpoint)"
-  scontrol requeue "$SLURM_JOB_ID"
-  # Slurm ends this script as it requeues the job; should it not, leave cleanly after a while.
-  sleep "${HVDGAN_REQUEUE_WAIT:-60}" || true
-  exit 0
+# --- run ----------------------------------------------------------------------------------------------
+if [ -n "$stopping" ]; then  # a signal before the ranks started: nothing to save
+  rc=75
+else
+  "${cmd[@]}" &
+  step=$!
+  # `wait` returns early (status > 128) when a trapped signal arrives: then wait again for the real status.
+  while :; do
+    trapped=0 rc=0
+    wait "$step" || rc=$?
+    [ "$trapped" = 1 ] && [ "$rc" -gt 128 ] && continue
+    break
+  done
+  [ -n "${again:-}" ] && kill "$again" 2>/dev/null
+  say "ranks exited with status $rc"
 fi
-exit "$rc"
+
+# A preemption with a GraceTime signals the tasks only, and the job would end as failed if it stopped before
+# the grace time is over: requeue it too (Slurm has set its PreemptTime).
+preempted_by_slurm() { scontrol show job "${SLURM_JOB_ID:-}" 2>/dev/null | grep -q 'PreemptTime=[0-9]'; }
+
+case $rc in
+  0) say "finished"; exit 0 ;;
+  75)
+    if [ "$stopping" = USR1 ] || preempted_by_slurm; then
+      say "stopped with a checkpoint: requeueing job $SLURM_JOB_ID (it resumes from the newest checkpoint)"
+      scontrol requeue "$SLURM_JOB_ID" || say "scontrol requeue failed (Slurm requeues a preempted job itself)"
+      # Slurm ends this script as it requeues the job; should it not, leave after a while.
+      sleep "${HVDGAN_REQUEUE_WAIT:-60}" || true
+    else
+      say "stopped with a checkpoint (${stopping:-a signal to the ranks}): not requeueing"
+    fi
+    exit 75 ;;
+  *) say "the ranks failed (status $rc): not requeueing"; exit "$rc" ;;
+esac

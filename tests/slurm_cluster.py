@@ -110,7 +110,10 @@ def check_prerequisites() -> None:
 
 
 class SlurmCluster:
-    """A one-node cluster `hvdgan` (partition `debug`, node = this host's short name, `cpus` CPUs)."""
+    """A one-node cluster `hvdgan` (partition `debug`, node = this host's short name, `cpus` CPUs). A job in
+    partition `urgent` (higher PriorityTier) preempts `debug`'s jobs: TERM, KILL after GraceTime, requeue."""
+
+    grace_time = 10  # seconds a preempted job has to checkpoint (PreemptMode=REQUEUE)
 
     def __init__(self, cpus: int | None = None, root: str | os.PathLike | None = None, keep: bool | None = None):
         # Two tasks must fit even on one core: the node is declared with at least 2 CPUs
@@ -175,6 +178,8 @@ SlurmctldTimeout=30
 SlurmdTimeout=60
 MessageTimeout=20
 JobRequeue=1
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 """ + self._host_lines()
         self.conf = r / "slurm.conf"
         self.conf.write_text(conf)
@@ -189,7 +194,8 @@ SlurmdPidFile={r}/run/slurmd.pid
 SlurmdLogFile={r}/log/slurmd.log
 TmpFS={r}/tmp
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1 State=UNKNOWN
-PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1 PreemptMode=REQUEUE GraceTime={self.grace_time}
+PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=2 PreemptMode=OFF
 """
 
     @property

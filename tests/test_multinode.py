@@ -175,7 +175,7 @@ def test_sbatch_two_nodes_srun_pmix_preempted_requeued_same_parameters(two_nodes
     assert "srun --mpi=pmix" in text and "mpirun" not in text, text[-3000:]
     assert f"network interface: {IFACE}" in text
     # the signal reached the ranks on both nodes (each rank reports it in the step's allgather)
-    m = re.search(r"preempted \(signal \d+, seen by rank\(s\) 0,1,2,3\) at step (\d+)", text)
+    m = re.search(r"preempted \(SIG\w+, seen by rank\(s\) 0,1,2,3\) at step (\d+)", text)
     assert m, text[-5000:]
     stopped = int(m.group(1))
     assert 2 <= stopped < SLURM_STEPS

@@ -1,0 +1,51 @@
+"""A hung rank must not hang the job: every rank ends itself when no training step completes for
+HVDGAN_STALL_TIMEOUT seconds (default 300; 0 turns it off).
+
+A rank that is stopped (SIGSTOP, a frozen node, a dead network link) leaves the others waiting in a
+collective that, with MPI, never times out: Horovod's own stall check (HOROVOD_STALL_CHECK_TIME_SECONDS,
+HOROVOD_STALL_SHUTDOWN_TIME_SECONDS) runs on rank 0 only, and Gloo's HOROVOD_GLOO_TIMEOUT_SECONDS only
+covers Gloo. The watchdog is faulthandler's: a C thread that needs no GIL (the main thread may sit in
+Horovod's wait), prints every thread's stack to stderr with "Timeout (h:mm:ss)!" and exits with status 1;
+the launcher (srun --kill-on-bad-exit, mpirun, horovodrun) then ends the other ranks. The timeout covers
+the longest step plus anything between two steps (sampling, a checkpoint, an epoch's reload): raise it for
+large models on slow file systems.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+
+from .errors import HvdganError
+
+ENV = "HVDGAN_STALL_TIMEOUT"
+DEFAULT_SECONDS = 300.0
+
+
+def timeout() -> float:
+    raw = os.environ.get(ENV, "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_SECONDS
+    except ValueError:
+        raise HvdganError(f"{ENV}={raw!r}: not a number of seconds (0 turns the watchdog off)") from None
+    if value < 0:
+        raise HvdganError(f"{ENV}={raw!r}: must be >= 0 seconds (0 turns the watchdog off)")
+    return value
+
+
+class Watchdog:
+    def __init__(self, seconds: float | None = None):
+        self.seconds = timeout() if seconds is None else seconds
+
+    def beat(self) -> None:
+        """Progress: restart the count (a step completed)."""
+        if self.seconds > 0:
+            faulthandler.dump_traceback_later(self.seconds, exit=True, file=sys.stderr)
+
+    def stop(self) -> None:
+        cancel()
+
+
+def cancel() -> None:
+    faulthandler.cancel_dump_traceback_later()

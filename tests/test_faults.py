@@ -1,0 +1,159 @@
+"""Issue 10 outside Slurm (the Slurm side: tests/test_slurm_signals.py).
+
+- USR1/TERM to one rank at any moment: every rank stops after the same step, with a checkpoint of the last
+  completed step, exit status 75; `--resume auto` then ends with the same parameters as an uninterrupted run.
+- A rank SIGKILLed mid-step, under horovodrun --gloo, horovodrun --mpi and mpirun: every other rank ends
+  within 60 s, non-zero; `--resume auto` continues from the newest checkpoint.
+- A rank SIGSTOPped (a hung node): the watchdog (HVDGAN_STALL_TIMEOUT) ends the job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+
+from conftest import HVDGAN, launch, run_env
+from faults import (EXIT_STOPPED, N, assert_same_final, catches, checkpoints, job_args, kill_group, logged_steps,
+                    rank_pids, reference, start, steps_done, wait_exit, wait_for)  # noqa: F401 (fixture)
+
+
+def test_usr1_to_one_rank_mid_run_stops_every_rank_at_one_step(digits, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = start("mpirun", [HVDGAN, "train", *job_args(digits, out)])
+    try:
+        wait_for(lambda: steps_done(out) >= 3, 240, "step 3", proc)
+        pid = rank_pids(out)[1]  # one rank only: the decision must still be every rank's
+        before = set(checkpoints(out))
+        os.kill(pid, signal.SIGUSR1)
+        t0 = time.monotonic()
+        wait_for(lambda: set(checkpoints(out)) - before, 60, "the checkpoint", interval=0.01)
+        to_ckpt = time.monotonic() - t0
+        rc, text, seconds = wait_exit(proc, 60)
+    finally:
+        kill_group(proc)
+    assert rc == EXIT_STOPPED, text[-4000:]
+    last = steps_done(out)
+    assert 3 <= last < N, text[-4000:]
+    assert checkpoints(out)[-1] == last, (checkpoints(out), last)  # the last completed step, nothing lost
+    assert re.search(rf"preempted \(a signal on another rank\) at step {last}: checkpoint", text), text[-4000:]
+    print(f"USR1 to rank 1 at step >= 3: every rank stopped at step {last}, checkpoint {to_ckpt:.1f}s and "
+          f"exit 75 {to_ckpt + seconds:.1f}s after the signal")
+    assert to_ckpt < 30
+
+    done = launch("mpirun", [HVDGAN, "train", *job_args(digits, out), "--resume", "auto"], timeout=300)
+    assert f"resumed from {out}/checkpoints/ckpt-{last:08d}.pt at step {last}" in done.stderr + done.stdout
+    assert logged_steps(out) == list(range(1, N + 1))  # no step lost, none repeated
+    assert_same_final(out / "checkpoints" / f"ckpt-{N:08d}.pt", reference)
+
+
+def test_term_during_start_up_exits_75_and_the_restart_is_exact(digits, reference, tmp_path):
+    """TERM (as scancel sends it to every task) after the handler is installed and before step 1: a clean
+    exit 75, nothing written; the next start runs the whole job as if nothing had happened."""
+    out = tmp_path / "run"
+    proc = start("gloo", [HVDGAN, "train", *job_args(digits, out)])
+    try:
+        pids = wait_for(lambda: (lambda p: p if len(p) == 2 and all(catches(x, signal.SIGTERM) for x in p.values())
+                                 else None)(rank_pids(out)), 120, "both ranks' handlers", proc, interval=0.01)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        rc, text, seconds = wait_exit(proc, 120)
+    finally:
+        kill_group(proc)
+    assert rc != 0 and "preempted at step 0 before training (SIGTERM)" in text, text[-4000:]
+    assert steps_done(out) == 0 and not (out / "checkpoints").exists(), text[-4000:]
+    print(f"TERM during start-up: clean stop {seconds:.1f}s later")
+
+    launch("gloo", [HVDGAN, "train", *job_args(digits, out), "--resume", "auto"], timeout=300)
+    assert logged_steps(out) == list(range(1, N + 1))
+    assert_same_final(out / "checkpoints" / f"ckpt-{N:08d}.pt", reference)
+
+
+def test_hvdgan_train_exits_75_on_a_signal(digits, tmp_path):
+    """One process, no launcher in between: the status itself is hvdgan's (75), a message says what to do."""
+    out = tmp_path / "run"
+    proc = start_single([HVDGAN, "train", *job_args(digits, out, steps=100000)])
+    try:
+        wait_for(lambda: steps_done(out) >= 2, 240, "step 2", proc)
+        proc.send_signal(signal.SIGUSR1)
+        rc, text, _ = wait_exit(proc, 60)
+    finally:
+        kill_group(proc)
+    assert rc == EXIT_STOPPED, text[-3000:]
+    assert re.search(r"preempted at step \d+ \(signal SIGUSR1\): resume with --resume auto; exit status 75", text)
+    assert checkpoints(out)[-1] == steps_done(out)
+
+
+def start_single(argv):
+    import subprocess
+
+    return subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=run_env())
+
+
+@pytest.mark.parametrize("launcher,victim", [("gloo", 0), ("mpi", 1), ("mpirun", 1)])
+def test_a_rank_killed_mid_step_ends_the_job_and_resume_continues(digits, tmp_path, launcher, victim):
+    out = tmp_path / "run"
+    args = job_args(digits, out, steps=100000)
+    args[args.index("--checkpoint-every") + 1] = "3"
+    proc = start(launcher, [HVDGAN, "train", *args])
+    try:
+        wait_for(lambda: steps_done(out) >= 7, 240, "step 7", proc)
+        os.kill(rank_pids(out)[victim], signal.SIGKILL)
+        rc, text, seconds = wait_exit(proc, 90)
+        left = rank_pids(out)
+    finally:
+        kill_group(proc)
+    print(f"{launcher}: rank {victim} SIGKILLed: the job ended (status {rc}) {seconds:.1f}s later")
+    assert rc != 0 and seconds < 60 and not left, (rc, seconds, left, text[-3000:])
+    newest = checkpoints(out)[-1]
+    assert newest >= 6
+    state = torch.load(out / "checkpoints" / f"ckpt-{newest:08d}.pt", weights_only=False, map_location="cpu")
+    assert state["step"] == newest  # the newest checkpoint is whole
+    if launcher != "gloo":  # resuming does not depend on the launcher: once is enough (and under srun)
+        return
+    done = launch(launcher, [HVDGAN, "train", *args[:-4], "--out", str(out), "--max-steps", str(newest + 2),
+                             "--resume", "auto"], timeout=300)
+    assert f"resumed from {out}/checkpoints/ckpt-{newest:08d}.pt at step {newest}" in done.stdout + done.stderr
+    assert checkpoints(out)[-1] == newest + 2
+
+
+@pytest.mark.parametrize("launcher,victim", [("mpirun", 0)])  # no MPI time-out, no stall shutdown for rank 0
+def test_a_hung_rank_ends_the_job_within_the_stall_timeout(digits, tmp_path, launcher, victim):
+    out = tmp_path / "run"
+    timeout = 8
+    proc = start(launcher, [HVDGAN, "train", *job_args(digits, out, steps=100000)],
+                 env=run_env(HVDGAN_STALL_TIMEOUT=str(timeout)))
+    try:
+        wait_for(lambda: steps_done(out) >= 3, 240, "step 3", proc)
+        pid = rank_pids(out)[victim]
+        os.kill(pid, signal.SIGSTOP)
+        rc, text, seconds = wait_exit(proc, timeout + 60)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, UnboundLocalError):
+            pass
+        kill_group(proc)
+    print(f"{launcher}: rank {victim} SIGSTOPped: the job ended (status {rc}) {seconds:.1f}s later")
+    assert rc != 0, text[-3000:]
+    assert "Timeout (0:00:08)!" in text, text[-3000:]
+    assert timeout - 1 < seconds < timeout + 30, seconds
+
+
+def test_stall_timeout_setting(monkeypatch):
+    from hvdgan import watchdog
+    from hvdgan.errors import HvdganError
+
+    monkeypatch.delenv(watchdog.ENV, raising=False)
+    assert watchdog.timeout() == watchdog.DEFAULT_SECONDS == 300
+    monkeypatch.setenv(watchdog.ENV, "0")
+    assert watchdog.timeout() == 0  # off
+    for bad in ("soon", "-5"):
+        monkeypatch.setenv(watchdog.ENV, bad)
+        with pytest.raises(HvdganError, match=f"HVDGAN_STALL_TIMEOUT='{bad}'"):
+            watchdog.timeout()
