@@ -223,7 +223,7 @@ def test_resume_across_world_and_batch_sizes(digits, tmp_path):
 
 
 def test_batch_size_change_continues_exactly():
-    from hvdgan.train import resume_batch
+    from hvdgan.resume import resume_batch
 
     meta = {"batch": 6, "world_size": 2, "batch_size": 16, "epoch": 3, "batches_per_epoch": 56}
     assert resume_batch(meta, 2, 32, 28) == (3, None)  # 96 images done: batch 3 of 32, exactly
