@@ -33,13 +33,12 @@ import ipaddress
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from slurm_cluster import REAPER, SlurmCluster, SlurmUnavailable, check_prerequisites
+from slurm_cluster import REAPER, SlurmCluster, SlurmUnavailable, check_prerequisites, kill_until_gone
 
 NET_PACKAGES = ("openssh-server", "iproute2")
 NET_BINARIES = ("ip", "nsenter", "unshare", "mount", "sshd", "ssh", "ssh-keygen")
@@ -250,28 +249,10 @@ MaxSessions 100
         slurmstepd of cancelled jobs); the daemons stay."""
         self._cancel_all()
         keep = self._daemon_pids()
-        for _ in range(3):
-            left = [p for p in self.ns_pids() if p not in keep]
-            if not left:
-                return
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_until_gone(lambda: [p for p in self.ns_pids() if p not in keep])
 
     def _stop_hosts(self) -> None:
-        for _ in range(5):
-            left = self.ns_pids()
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_until_gone(self.ns_pids, rounds=5)
         for kind, name in reversed(self._made):
             if kind == "netns":
                 _sh("ip", "netns", "del", name, check=False)

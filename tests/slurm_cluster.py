@@ -88,6 +88,20 @@ class SlurmUnavailable(RuntimeError):
     pass
 
 
+def kill_until_gone(pids, rounds: int = 3) -> None:
+    """SIGKILL what `pids()` lists, again until it lists nothing (at most `rounds` times, 0.2 s apart)."""
+    for _ in range(rounds):
+        left = pids()
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -342,16 +356,7 @@ PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP OverSubscribe=N
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        for _ in range(3):
-            left = self._leftovers()
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_until_gone(self._leftovers)
         self.procs.clear()
         self._stop_hosts()
         if not self.keep:
