@@ -65,13 +65,15 @@ SCORERS = {"fd8": fd8}
 # ------------------------------------------------------------------------------------------- worker
 def worker(args) -> None:
     """One rank: train the setting until the budget is spent (then stop as on a preemption)."""
-    from hvdgan.config import TrainConfig
+    from hvdgan import stop
+    from hvdgan.config import build
     from hvdgan.train import train
 
+    stop.install()  # USR1 ends the run as a preemption does (`hvdgan train` installs this in its CLI)
     values = json.loads(args.values)
     values.update(data=args.data, out=args.out, max_steps=10**7, log_every=10, sample_every=10**7,
                   checkpoint_every=10**7, keep_checkpoints=1, tensorboard=False, device="cpu")
-    cfg = TrainConfig(**values).validate()
+    cfg = build(values)
     main_clock = time.pthread_getcpuclockid(threading.main_thread().ident)
 
     def watch():

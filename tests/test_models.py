@@ -237,9 +237,9 @@ def test_conditional_errors(digits, tmp_path):
 
 @pytest.mark.parametrize("job", ["cifar10-sngan32.yaml", "cifar10-cond-resnet32.yaml"])
 def test_sngan_job_files_hold_the_published_settings(job):
-    from hvdgan.config import from_values, load_job_file
+    from hvdgan.config import load_job_file
 
-    cfg = from_values(load_job_file(ROOT / "jobs" / job))
+    cfg = build_config(load_job_file(ROOT / "jobs" / job))
     assert (cfg.model, cfg.loss, cfg.beta1, cfg.beta2, cfg.d_steps, cfg.lr_g, cfg.lr_d, cfg.image_size) == \
         ("resnet", "hinge", 0.0, 0.9, 5, 2e-4, 2e-4, 32)
     assert cfg.conditional == (job == "cifar10-cond-resnet32.yaml")
