@@ -168,7 +168,7 @@ def _run(kind: str, np: int, args, data: str, controller: str, results: Path) ->
     me = [sys.executable, __file__, "--worker", kind, "--data", data, "--batch", str(args.batch),
           "--window", str(args.window), "--windows", str(args.windows), "--threads", "1",
           "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--nz", str(args.nz),
-          "--result", str(results / "result-{rank}.json"), "--model", args.model]
+          "--model", args.model, "--result", str(results / "result-{rank}.json")]  # (--result last: see pair)
     if kind == "plain-horovod":
         me[3] = "plain"
         me.append("--horovod")
