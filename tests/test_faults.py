@@ -40,7 +40,8 @@ def test_usr1_to_one_rank_mid_run_stops_every_rank_at_one_step(digits, reference
     last = steps_done(out)
     assert 3 <= last < N, text[-4000:]
     assert checkpoints(out)[-1] == last, (checkpoints(out), last)  # the last completed step, nothing lost
-    assert re.search(rf"preempted \(a signal on another rank\) at step {last}: checkpoint", text), text[-4000:]
+    assert re.search(rf"preempted \(a signal on another rank, seen by rank\(s\) [\d,]+\) at step {last}: checkpoint",
+                     text), text[-4000:]
     print(f"USR1 to rank 1 at step >= 3: every rank stopped at step {last}, checkpoint {to_ckpt:.1f}s and "
           f"exit 75 {to_ckpt + seconds:.1f}s after the signal")
     assert to_ckpt < 30

@@ -69,7 +69,7 @@ def test_usr1_at_start_up_and_mid_run_requeue_and_end_exact(slurm_cluster, digit
     wait_for(lambda: "ranks exited with status 75" in text_of(log).split("start 1:")[-1], 60, "the stop")
     stop_s = time.monotonic() - t0
     text = text_of(log)
-    stopped = int(re.findall(r"preempted \(SIGUSR1\) at step (\d+)", text)[-1])
+    stopped = int(re.findall(r"preempted \(SIGUSR1, seen by rank\(s\) [\d,]+\) at step (\d+)", text)[-1])
     assert 3 <= stopped < N and stopped in checkpoints(out), text[-4000:]
     info = slurm_cluster.wait(jobid, timeout=400)
     text = text_of(log)
@@ -98,7 +98,7 @@ def test_scancel_checkpoints_before_killwait_and_does_not_requeue(slurm_cluster,
     assert checkpoints(out)[-1] == last, (checkpoints(out), last, text[-4000:])
     if launcher == "srun":  # (mpirun, killed at KillWait while it waits to kill the ranks, drops their output)
         # TERM from Slurm, or the USR1 the script sends for it: whichever came first
-        assert re.search(rf"preempted \(SIG(TERM|USR1)\) at step {last}: checkpoint", text), text[-4000:]
+        assert re.search(rf"preempted \(SIG(TERM|USR1), seen by rank\(s\) [\d,]+\) at step {last}: checkpoint", text), text[-4000:]
     print(f"scancel under {launcher}: checkpoint of step {last}, job ended {seconds:.1f}s after scancel")
     finish(slurm_cluster, digits, tmp_path, out, reference, env=env)
 
@@ -117,7 +117,7 @@ def test_preemption_requeues_and_the_run_continues(slurm_cluster, digits, refere
     info = slurm_cluster.wait(jobid, timeout=400)
     text = text_of(log)
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info}\n{text[-5000:]}"
-    stopped = int(re.findall(r"preempted \(SIG(?:TERM|USR1)\) at step (\d+)", text)[-1])
+    stopped = int(re.findall(r"preempted \(SIG(?:TERM|USR1), seen by rank\(s\) [\d,]+\) at step (\d+)", text)[-1])
     assert re.search(rf"resumed from \S+ckpt-{stopped:08d}\.pt at step {stopped}", text), text[-5000:]
     assert logged_steps(out) == list(range(1, N + 1))
     assert_same_final(out / "checkpoints" / f"ckpt-{N:08d}.pt", reference)
