@@ -61,9 +61,13 @@ def test_usr1_at_start_up_and_mid_run_requeue_and_end_exact(slurm_cluster, digit
     wait_for(lambda: running(slurm_cluster, jobid, log) and "start 0:" in text_of(log), 120, "the script")
     slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(jobid)])  # the ranks' start-up
     wait_for(lambda: slurm_cluster.job(jobid)["Restarts"] == "1", 120, "the first requeue")
-    assert steps_done(out) == 0, text_of(log)[-4000:]
+    # Usually the ranks are still starting (nothing written). On an idle machine a tiny run may already be
+    # training when scancel's signal lands: then it must have stopped with a checkpoint of its last step.
+    # (A signal during start-up is also tested without Slurm's latency: test_faults.py, TERM at start-up.)
+    done = steps_done(out)
+    assert done == 0 or done in checkpoints(out), text_of(log)[-4000:]
 
-    wait_for(lambda: steps_done(out) >= 3, 240, "step 3 after the requeue")
+    wait_for(lambda: steps_done(out) >= done + 3, 240, "3 steps after the requeue")
     slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(jobid)])  # mid-run
     t0 = time.monotonic()
     wait_for(lambda: "ranks exited with status 75" in text_of(log).split("start 1:")[-1], 60, "the stop")
