@@ -56,11 +56,8 @@ def resolve(path: str | os.PathLike | None = None) -> Path:
 
 
 def sha1_file(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def tf_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
