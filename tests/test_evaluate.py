@@ -117,17 +117,38 @@ def test_tf1_bilinear_resize_matches_its_definition():
     assert torch.allclose(out, expect, atol=1e-6)
 
 
-def test_missing_or_wrong_weights_give_one_clear_error(tmp_path, digits):
+def test_missing_or_wrong_weights_give_one_clear_error(tmp_path, digits, monkeypatch):
     with pytest.raises(HvdganError, match=r"nope\.pt: Inception weights not found.*scripts/setup\.sh"):
         inception.InceptionFeatures(tmp_path / "nope.pt")
     damaged = tmp_path / "default_1.pt"
     damaged.write_bytes(b"\0" * 1000)
     with pytest.raises(HvdganError, match=r"default_1\.pt: SHA-1 .* damaged.*scripts/setup\.sh"):
         inception.InceptionFeatures(damaged)
-    state_dict = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    state_dict = tmp_path / "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's name, other keys
     torch.save({"conv.weight": torch.zeros(2)}, state_dict)
-    with pytest.raises(HvdganError, match="state dict .* not read by this version"):
+    with pytest.raises(HvdganError, match=r"6726825d\.pth: a state dict, but not the FID Inception of pytorch-fid / "
+                       r"torch-fidelity .*expected 470 tensors .*missing: Conv2d_1a_3x3\.conv\.weight.*\(470\)"
+                       r".*unexpected: conv\.weight \(1\).*scripts/setup\.sh"):
         inception.InceptionFeatures(state_dict)
+    import torchvision  # torchvision's own (ImageNet) Inception layout: same names, plus AuxLogits and 1000 classes
+
+    imagenet = tmp_path / "inception_v3_google.pth"
+    torch.save(torchvision.models.inception_v3(weights=None, init_weights=False).state_dict(), imagenet)
+    with pytest.raises(HvdganError, match=r"unexpected: AuxLogits\..*shape: fc\.weight \(1000, 2048\) "
+                                          r"\(not \(1008, 2048\)\)"):
+        inception.InceptionFeatures(imagenet)
+    not_a_dict = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], not_a_dict)
+    with pytest.raises(HvdganError, match=r"list\.pth: a torch\.save file but not a state dict of tensors"):
+        inception.InceptionFeatures(not_a_dict)
+    with monkeypatch.context() as m:  # a state dict, but the pytorch-fid package missing (an old environment)
+        m.setitem(sys.modules, "pytorch_fid", None)
+        with pytest.raises(HvdganError, match=r"6726825d\.pth: a state dict .* needs the pytorch-fid package"):
+            inception.InceptionFeatures(state_dict)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a weights file")
+    with pytest.raises(HvdganError, match=r"garbage\.pth: neither a TorchScript network nor a state dict"):
+        inception.InceptionFeatures(garbage)
     other = tmp_path / "other.pt"
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(other))
     with pytest.raises(HvdganError, match="TorchScript network hvdgan does not know"):
@@ -135,6 +156,9 @@ def test_missing_or_wrong_weights_give_one_clear_error(tmp_path, digits):
     # through the CLI: one line, non-zero exit, naming the file
     proc = hvdgan("evaluate", "--real", digits, "--real", digits, "--inception", tmp_path / "nope.pt", check=False)
     assert proc.returncode == 2 and "nope.pt: Inception weights not found" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = hvdgan("evaluate", "--real", digits, "--real", digits, "--inception", state_dict, check=False)
+    assert proc.returncode == 2 and "6726825d.pth: a state dict, but not the FID Inception" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     bad = hvdgan("evaluate", "--real", digits, check=False)
     assert bad.returncode != 0 and "--real DIR_A --real DIR_B" in bad.stderr
@@ -245,3 +269,4 @@ def test_bundled_inception_digits_halves_close_noise_far(digits):
     vs_noise = scores.frechet_distance(scores.gaussian(feats[:half]), scores.gaussian(noise_feats))
     assert vs_noise > 4 * halves, (halves, vs_noise)
     assert scores.precision_recall(feats[:half], noise_feats) == (0.0, 0.0)
+
