@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import inception_files
 from conftest import ROOT, hvdgan, launch, run_env
 from hvdgan import evaluate, inception, metrics, scores
 from hvdgan.errors import HvdganError
@@ -270,3 +271,75 @@ def test_bundled_inception_digits_halves_close_noise_far(digits):
     assert vs_noise > 4 * halves, (halves, vs_noise)
     assert scores.precision_recall(feats[:half], noise_feats) == (0.0, 0.0)
 
+
+# ------------------------------------------- the other weights files, made from the bundled network's weights
+AGREE_NUM = 16  # digits images whose features are compared (Inception on this CPU: a few images/s)
+
+
+@pytest.fixture(scope="module")
+def bundled_features(digits):
+    """default_1.pt, the first AGREE_NUM digits images (uint8, grey) and their features by the bundled path."""
+    from hvdgan.data import open_manifest
+
+    path = bundled_inception()
+    images = evaluate.read_rows(open_manifest(digits), 0, AGREE_NUM)
+    return path, images, inception.InceptionFeatures(path)(images).numpy()
+
+
+def agreement(feats, ref):
+    """(max |a - b| / mean |ref|, FID between the two sets), as docs/evaluation.md reports them."""
+    rel = float(np.abs(feats - ref).max() / np.abs(ref).mean())
+    return rel, scores.frechet_distance(scores.gaussian(feats), scores.gaussian(ref))
+
+
+@pytest.mark.slow
+def test_pytorch_fid_state_dict_gives_the_bundled_features(digits, tmp_path, monkeypatch, bundled_features):
+    """default_1.pt's weights renamed into pytorch-fid's / torch-fidelity's layout (tests/inception_files.py),
+    saved as pt_inception-2015-12-05-6726825d.pth in torch.save's legacy format (as that 2019 file), read by
+    `hvdgan evaluate --inception` through pytorch-fid's network: the features are the bundled network's.
+    Measured: max |diff| 1.2e-6 = 4e-6 of the mean |feature| (0.29), FID 0 (round-off; the digits split in
+    halves: 150). The smallest protocol slip, pytorch-fid's own 2x/255 - 1 range instead of TF's, changes
+    them by 8.6e-2 and the bilinear resize with half-pixel centres by 2.0: the tolerance, 1e-4, is far below."""
+    default_1, images, ref = bundled_features
+    state = inception_files.pytorch_fid_state_dict(default_1)
+    pth = tmp_path / inception.PYTORCH_FID
+    torch.save(state, pth, _use_new_zipfile_serialization=False)
+    data = tmp_path / "digits"  # a copy: its eval-cache/ then holds only this network's features
+    shutil.copytree(digits, data, ignore=shutil.ignore_patterns(evaluate.CACHE_DIR))
+    out = json.loads(hvdgan("evaluate", "--real", data, "--real", data, "--real-num", AGREE_NUM,
+                            "--inception", pth).stdout)
+    assert out["features"]["format"] == "pytorch-fid" and out["features"]["sha1"] == inception.sha1_file(pth)
+    assert out["metrics"]["fid"] == pytest.approx(0, abs=1e-6)  # one set against itself
+    [cached] = (data / evaluate.CACHE_DIR).glob("features-*.npz")  # what --inception PTH computed
+    with np.load(cached) as z:
+        feats = z["features"]
+    rel, fid = agreement(feats, ref)
+    assert rel < 1e-4 and fid < 1e-4, (rel, fid)
+    # the zip format of torch.save, without fc or the batch norms' counters, found through $HVDGAN_INCEPTION
+    lean = {k: v for k, v in state.items() if not (k.startswith("fc.") or k.endswith("num_batches_tracked"))}
+    torch.save(lean, tmp_path / "lean.pth")
+    monkeypatch.setenv(inception.ENV, str(tmp_path / "lean.pth"))
+    net = inception.InceptionFeatures()
+    assert (net.kind, net.describe()["format"]) == ("pytorch-fid", "pytorch-fid") and net.key.startswith("pytorch-fid-")
+    assert agreement(net(images[:2]).numpy(), ref[:2])[0] < 1e-4
+
+
+@pytest.mark.slow
+def test_nvlabs_detector_gives_the_bundled_features(tmp_path, bundled_features):
+    """A TorchScript module with NVlabs' calling convention and pre-processing (forward(img, return_features),
+    0..255 values of any size, TF1 bilinear resize to 299 and (x - 128) / 128 inside) around default_1.pt's
+    own layers (tests/inception_files.py), saved with torch.jit.save and read as --inception: hvdgan calls it
+    as NVlabs' file. Measured: max |diff| 6.2e-6 = 2.1e-5 of the mean |feature|, FID 0; all of it from the
+    order of resize and scaling (0..255 then (x - 128) / 128, against hvdgan's x / 255 then the TF range):
+    the same layers fed hvdgan's input give the same difference. Tolerance 5e-4 (the range slip: 8.6e-2)."""
+    default_1, images, ref = bundled_features
+    path = tmp_path / "inception-2015-12-05.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated in torch 2.14
+        inception_files.nvlabs_detector(default_1).save(str(path))
+    net = inception.InceptionFeatures(path)
+    assert net.kind == "nvlabs" and net.key.startswith("nvlabs-")
+    rel, fid = agreement(net(images).numpy(), ref)
+    assert rel < 5e-4 and fid < 1e-4, (rel, fid)
+    probs = net.net(images[:2].expand(-1, 3, -1, -1).float())  # its other output: class probabilities
+    assert probs.shape == (2, 1008) and torch.allclose(probs.sum(1), torch.ones(2))
