@@ -44,7 +44,7 @@ class TrainConfig:
     ngf: int = 64
     ndf: int = 64
     spectral_norm: bool = False
-    conditional: bool = False  # class-conditional G and D (resnet), labels from the dataset
+    conditional: bool = False  # class-conditional G and D, labels from the dataset
     augment: str = ""  # DiffAugment policy for D's inputs: e.g. "translation,cutout,color"
     r1: float = 0.0  # R1 penalty weight (gamma) on real images; 0: off
     r1_every: int = 16  # lazy R1: every N discriminator steps
@@ -111,8 +111,6 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")
-        if self.conditional and self.model != "resnet":
-            bad("conditional", "needs --model resnet (conditional BatchNorm and a projection discriminator)")
         if not self.r1 >= 0:
             bad("r1", f"must be >= 0, got {self.r1}")
         from .augment import parse_policy
@@ -162,7 +160,7 @@ HELP = {
     "ngf": "Generator width (channels of its last hidden layer).",
     "ndf": "Discriminator width (channels of its first layer).",
     "spectral_norm": "Spectral normalisation in D (replaces D's BatchNorm; resnet's D always has it).",
-    "conditional": "Class-conditional training (resnet): conditional BatchNorm in G, projection D; labels "
+    "conditional": "Class-conditional training: conditional BatchNorm in G, a projection discriminator; labels "
                    "from the dataset.",
     "augment": "DiffAugment policy for D's real and fake inputs: comma-separated translation, cutout, color.",
     "r1": "R1 gradient penalty weight (gamma) on real images (0: off).",

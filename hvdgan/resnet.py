@@ -19,23 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import check_image_size
-
-
-class CondBatchNorm2d(nn.Module):
-    """BatchNorm2d without its own affine (so hvdgan.syncbn converts it like any BatchNorm), then a
-    per-class gain and bias looked up from embeddings."""
-
-    def __init__(self, features: int, num_classes: int):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(features, affine=False)
-        self.gain = nn.Embedding(num_classes, features)
-        self.bias = nn.Embedding(num_classes, features)
-        nn.init.ones_(self.gain.weight)
-        nn.init.zeros_(self.bias.weight)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.bn(x) * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+from .models import CondBatchNorm2d, check_image_size
 
 
 def _norm(features: int, num_classes: int) -> nn.Module:

@@ -14,13 +14,11 @@ MODELS = ("dcgan", "resnet")
 
 def build(model: str, nz: int, ngf: int, ndf: int, channels: int, image_size: int, spectral_norm: bool = False,
           num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
-    """(G, D) of a family; num_classes > 0 makes them class-conditional (resnet only)."""
+    """(G, D) of a family; num_classes > 0 makes them class-conditional (conditional BatchNorm in G, a
+    projection discriminator)."""
     if model == "dcgan":
-        if num_classes:
-            raise HvdganError("--conditional: needs --model resnet (conditional BatchNorm and a projection "
-                              "discriminator); DCGAN is unconditional here")
-        return (models.Generator(nz, ngf, channels, image_size),
-                models.Discriminator(ndf, channels, image_size, spectral_norm))
+        return (models.Generator(nz, ngf, channels, image_size, num_classes),
+                models.Discriminator(ndf, channels, image_size, spectral_norm, num_classes))
     if model == "resnet":
         return (resnet.ResNetGenerator(nz, ngf, channels, image_size, num_classes),
                 resnet.ResNetDiscriminator(ndf, channels, image_size, num_classes))
@@ -37,7 +35,7 @@ def generator_from_arch(arch: dict) -> nn.Module:
     if arch.get("model", "dcgan") == "resnet":
         return resnet.ResNetGenerator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"],
                                       arch.get("num_classes", 0))
-    return models.Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"])
+    return models.Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"], arch.get("num_classes", 0))
 
 
 def num_classes(G: nn.Module) -> int:

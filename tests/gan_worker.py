@@ -9,8 +9,10 @@
                                DIR/np2-local.pt; with 1, the conditioning toy: DIR/conditioning.json), then,
                                with DATA, train, then traffic (DIR/traffic.json)
 
-`model`: dcgan (default) or resnet-cond (the conditional ResNet: conditional BatchNorm in G, projection
-D; for traffic also DiffAugment and an R1 penalty due in the counted iteration).
+`model`: dcgan (default), dcgan-cond (the conditional DCGAN) or resnet-cond (the conditional ResNet:
+conditional BatchNorm in G, projection D; for traffic also DiffAugment and an R1 penalty due in the counted
+iteration). The resnet launch also writes DIR/npN-sync-dcgan-cond.pt (and -local) for the conditional DCGAN,
+in float64 (`dtype`).
 """
 
 import json
@@ -56,18 +58,22 @@ def train(data, out, *opts):
 
 
 def nets(model, cfg, channels):
-    """(G, D, number of classes) for `model`: dcgan or resnet-cond (10 classes, tiny widths)."""
-    classes = 10 if model == "resnet-cond" else 0
+    """(G, D, number of classes) for `model`: dcgan, dcgan-cond or resnet-cond (10 classes, tiny widths)."""
+    classes = 10 if model.endswith("-cond") else 0
     G, D = build_nets(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, channels, 32, num_classes=classes)
     return G, D, classes
 
 
-def syncbn(out, per_rank, sync="1", model="dcgan"):
+def syncbn(out, per_rank, sync="1", model="dcgan", dtype="float32"):
     per_rank = int(per_rank)
-    resnet = dict(model="resnet", ngf=4, ndf=4, conditional=True) if model == "resnet-cond" else {}
-    cfg = settings({"ngf": 8, "ndf": 8, "nz": 16, "sync_bn": sync == "1", "ema": 0.0, **resnet}, channels=1)
+    family = {"resnet-cond": dict(model="resnet", ngf=4, ndf=4, conditional=True),
+              "dcgan-cond": dict(conditional=True)}.get(model, {})
+    cfg = settings({"ngf": 8, "ndf": 8, "nz": 16, "sync_bn": sync == "1", "ema": 0.0, **family}, channels=1)
     torch.manual_seed(0)
     G, D, classes = nets(model, cfg, 1)
+    if dtype == "float64":  # the arithmetic alone, without float32 rounding (which Adam amplifies, below)
+        G.double(), D.double()
+        torch.set_default_dtype(torch.float64)
     gan = GAN(G, D, cfg.gan, hvd)
     gen = torch.Generator().manual_seed(1)
     global_batch = per_rank * 2
@@ -80,6 +86,7 @@ def syncbn(out, per_rank, sync="1", model="dcgan"):
         gan.step(real[lo:hi], z[lo:hi], 0, y[lo:hi] if classes else None)
     if hvd.rank() == 0:
         torch.save(flat(G, D), out)
+    torch.set_default_dtype(torch.float32)
     print(f"rank {hvd.rank()}: syncbn done", flush=True)
 
 
@@ -138,6 +145,12 @@ def resnet(directory, data=None):
         conditioning(f"{directory}/conditioning.json")
     if hvd.size() > 1:
         syncbn(f"{directory}/np{hvd.size()}-local.pt", "8", "0", "resnet-cond")
+    # the conditional DCGAN in float64: in float32 its two runs differ by up to 8e-5 after 3 steps (its
+    # class embedding, appended to z, leaves directions of the stem's weights that G's BatchNorm removes:
+    # their gradients are rounding noise, which Adam scales up); in float64 by 2e-16
+    syncbn(f"{directory}/np{hvd.size()}-sync-dcgan-cond.pt", "8", "1", "dcgan-cond", "float64")
+    if hvd.size() > 1:
+        syncbn(f"{directory}/np{hvd.size()}-local-dcgan-cond.pt", "8", "0", "dcgan-cond", "float64")
     if data:
         train(data, f"{directory}/run", 'model="resnet"', "ngf=4", "ndf=4", "nz=16", "conditional=true",
               'augment="translation,cutout,color"', "r1=1.0", "r1_every=2", "d_steps=2", "max_steps=3")

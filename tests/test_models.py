@@ -18,7 +18,7 @@ from hvdgan.config import build as build_config
 from hvdgan.errors import HvdganError
 from hvdgan.metrics import read_metrics
 from hvdgan.placement import block_devices, input_moves, place
-from hvdgan.resnet import CondBatchNorm2d, ResNetDiscriminator, ResNetGenerator
+from hvdgan.models import ClassInput, CondBatchNorm2d, Discriminator, Generator
 from hvdgan.zoo import architecture, build, generator_from_arch
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")
@@ -49,10 +49,33 @@ def test_resnet_shapes_blocks_and_architecture(size, classes):
     assert architecture(D)["num_classes"] == classes and architecture(G2) == architecture(G)
 
 
-def test_conditional_outputs_depend_on_the_label():
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("sn", [False, True])
+def test_conditional_dcgan_shapes_blocks_and_architecture(size, sn):
+    # conditional BatchNorm after every BatchNorm of G, a projection head in D; unconditional state-dict
+    # keys unchanged (checkpoints of earlier versions still load)
+    G, D = build("dcgan", 16, 4, 4, 3, size, sn, num_classes=10)
+    assert [n for n, _ in G.named_children()] == ["stem", "body", "out"]
+    assert [n for n, _ in D.named_children()] == ["trunk", "head"]
+    y = torch.arange(5) % 10
+    x = G(torch.randn(5, 16, 1, 1), y)
+    assert x.shape == (5, 3, size, size) and x.abs().max() <= 1 and D(x, y).shape == (5,)
+    assert sum(isinstance(m, CondBatchNorm2d) for m in G.modules()) == (3 if size == 32 else 4)
+    assert isinstance(G.stem[0], ClassInput) and G.stem[1].in_channels == 2 * 16  # z and the class embedding
+    assert architecture(G)["num_classes"] == architecture(D)["num_classes"] == 10
+    G2 = generator_from_arch(architecture(G))
+    G2.load_state_dict(G.state_dict())
+    plain_G, plain_D = build("dcgan", 16, 4, 4, 3, size, sn)
+    assert "num_classes" not in architecture(plain_G) and "num_classes" not in architecture(plain_D)
+    assert list(plain_G.state_dict()) == list(Generator(16, 4, 3, size).state_dict())
+    assert "stem.1.weight" in plain_G.state_dict() and "head.0.weight" in Discriminator(4, 3, size).state_dict()
+
+
+@pytest.mark.parametrize("family", ["resnet", "dcgan"])
+def test_conditional_outputs_depend_on_the_label(family):
     torch.manual_seed(0)
-    G = ResNetGenerator(16, 4, 1, 32, num_classes=10).eval()
-    D = ResNetDiscriminator(4, 1, 32, num_classes=10)
+    G, D = build(family, 16, 4, 4, 1, 32, num_classes=10)
+    G.eval()
     with torch.no_grad():  # (a fresh CondBN starts at gain 1, bias 0: give the classes their own)
         for m in G.modules():
             if isinstance(m, CondBatchNorm2d):
@@ -66,10 +89,10 @@ def test_conditional_outputs_depend_on_the_label():
         G(z)
 
 
-@pytest.mark.parametrize("classes", [0, 10])
-def test_placed_resnet_matches_the_unplaced_one(classes):
+@pytest.mark.parametrize("family,classes", [("resnet", 0), ("resnet", 10), ("dcgan", 10)])
+def test_placed_model_matches_the_unplaced_one(family, classes):
     torch.manual_seed(0)
-    G0, D0 = build("resnet", 16, 4, 4, 1, 32, num_classes=classes)
+    G0, D0 = build(family, 16, 4, 4, 1, 32, num_classes=classes)
     G1, D1 = copy.deepcopy(G0), copy.deepcopy(D0)
     devices = {"G": {"stem": "cpu", "body": torch.device("cpu", 0), "out": "cpu"},
                "D": {"trunk": torch.device("cpu", 0), "head": "cpu"}}
@@ -87,14 +110,17 @@ def test_placed_resnet_matches_the_unplaced_one(classes):
     assert all(torch.equal(a, b) for a, b in zip(D0.state_dict().values(), D1.state_dict().values()))
 
 
-def test_conditional_batchnorm_becomes_sync_batchnorm():
-    G = ResNetGenerator(16, 4, 1, 32, num_classes=10)
+@pytest.mark.parametrize("family,bns,conditional", [("resnet", 2 * 3 + 1, 6), ("dcgan", 3, 3)])
+def test_conditional_batchnorm_becomes_sync_batchnorm(family, bns, conditional):
+    # resnet: two conditional BNs per block, and out's BN; dcgan: every BN of G is conditional
+    G, _ = build(family, 16, 4, 4, 1, 32, num_classes=10)
     counter = [0]
     syncbn.convert(G, counter)
-    bns = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert bns and all(isinstance(m, syncbn.SyncBatchNorm) for m in bns)
-    assert counter[0] == len(bns) == 2 * 3 + 1  # two conditional BNs per block, and out's BN
-    assert sum(isinstance(m, CondBatchNorm2d) and isinstance(m.bn, syncbn.SyncBatchNorm) for m in G.modules()) == 6
+    found = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert found and all(isinstance(m, syncbn.SyncBatchNorm) for m in found)
+    assert counter[0] == len(found) == bns
+    assert sum(isinstance(m, CondBatchNorm2d) and isinstance(m.bn, syncbn.SyncBatchNorm)
+               for m in G.modules()) == conditional
 
 
 # ------------------------------------------------------------------------------------------ DiffAugment
@@ -127,8 +153,7 @@ def test_augment_policy_and_model_options_are_checked():
         parse_policy("translation,flip")
     with pytest.raises(HvdganError, match="augment: unknown operation .flip."):
         TrainConfig(data="d", augment="flip").validate()
-    with pytest.raises(HvdganError, match="conditional: needs --model resnet"):
-        TrainConfig(data="d", conditional=True).validate()
+    TrainConfig(data="d", conditional=True).validate()  # both families are conditional
     facts = DataFacts(channels=1, image_size=32, batches_per_epoch=1)
     loss = lambda **kw: resolve(build_config({"data": "d", "device": "cpu", **kw}), World(), facts).loss  # noqa: E731
     assert loss(model="resnet") == "hinge" and loss() == "bce" and loss(model="resnet", loss="bce") == "bce"
@@ -157,10 +182,13 @@ def test_resnet_conditional_parameters_identical_on_both_ranks(resnet_checks):
 
 
 @pytest.mark.mp
-def test_conditional_sync_batchnorm_two_ranks_equal_one_rank_with_double_batch(resnet_checks):
+@pytest.mark.parametrize("family", ["", "-dcgan-cond"])  # the conditional ResNet, the conditional DCGAN
+def test_conditional_sync_batchnorm_two_ranks_equal_one_rank_with_double_batch(resnet_checks, family):
     out, _ = resnet_checks
-    a, b, local = (torch.load(out / name) for name in ("np1-sync.pt", "np2-sync.pt", "np2-local.pt"))
+    a, b, local = (torch.load(out / f"{name}{family}.pt") for name in ("np1-sync", "np2-sync", "np2-local"))
     assert a.shape == b.shape
+    if family:  # the conditional DCGAN runs in float64 (see gan_worker.resnet): measured 2e-16
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert (local - a).abs().max() > 1e-4  # the control: per-rank (conditional) BatchNorm parts ways
 
@@ -225,8 +253,6 @@ def test_conditional_errors(digits, tmp_path):
                   check=False)
     assert proc.returncode != 0 and "--conditional needs class labels" in proc.stderr, proc.stderr
     assert str(unlabelled) in proc.stderr and not (tmp_path / "u").exists()
-    proc = hvdgan("train", "--data", digits, "--out", tmp_path / "d", "--conditional", check=False)
-    assert proc.returncode != 0 and "--conditional: needs --model resnet" in proc.stderr
     # --class on an unconditional checkpoint
     run = tmp_path / "plain"
     hvdgan("train", "--data", digits, "--out", run, *TINY, "--max-steps", "1", "--sample-every", "100")
