@@ -8,11 +8,12 @@ it does on a Slurm preemption (the ranks agree on a step, write a checkpoint, ex
 wall-clock seconds (`--clock wall`, the default), or, on a machine shared with other jobs, CPU seconds of
 each rank's training thread (`--clock cpu`: what wall-clock seconds are on an idle machine, one thread
 per rank, without the time other jobs take from it). The checkpoint's
-generator (its EMA) then makes N samples, scored against every real digit by a scorer: `fd8`, the
-Frechet distance of 8x8 grey thumbnails (hvdgan.metrics; lower is better). A scorer is a function
-(fakes, reals) -> float over images in [-1, 1]: add one to SCORERS (e.g. an Inception FID).
+generator (its EMA) is then scored against every real digit by a scorer (lower is better): `fid`, the
+Inception FID (with KID) of N samples measured by `hvdgan evaluate` on 2 ranks; `fd8`, the Frechet
+distance of 8x8 grey thumbnails (hvdgan.metrics; no Inception weights needed). A scorer is a function
+(checkpoint, data, N) -> (score, details): add one to SCORERS.
 
-    .venv/bin/python benchmarks/bench_quality.py                        # 180 s of training per setting
+    .venv/bin/python benchmarks/bench_quality.py --scorer fid           # 180 s of training per setting
     .venv/bin/python benchmarks/bench_quality.py --budget 30 --clock cpu --img-dir docs/img
     .venv/bin/python benchmarks/bench_quality.py --candidate resnet-tiny --setting wide="ngf: 64, ndf: 64"
 
@@ -42,8 +43,11 @@ sys.path.insert(0, str(ROOT))
 DCGAN_DEMO = dict(model="dcgan", image_size=32, nz=64, ngf=32, ndf=32, loss="bce", lr_g=2e-4, lr_d=2e-4, beta1=0.5,
                   beta2=0.999, batch_size=64, seed=0)
 DEMO_JOB = ROOT / "jobs" / "digits-demo.yaml"
-# candidates for the demo (over DCGAN_DEMO): what SNGAN and DiffAugment bring, on DCGAN and on the ResNet
+# candidates for the demo (over DCGAN_DEMO): the labels (class-conditional), DiffAugment, what SNGAN brings
 CANDIDATES = {
+    "dcgan-cond": dict(conditional=True),
+    "dcgan-cond-aug": dict(conditional=True, augment="translation"),
+    "dcgan-aug": dict(augment="translation"),
     "dcgan-sn-hinge-aug": dict(spectral_norm=True, loss="hinge", beta1=0.0, beta2=0.9, augment="translation,cutout"),
     "resnet-tiny": dict(model="resnet", ngf=8, ndf=8, loss="hinge", beta1=0.0, beta2=0.9,
                         augment="translation,cutout"),
@@ -53,13 +57,53 @@ RUN_KEYS = ("data", "out", "max_steps", "epochs", "log_every", "sample_every", "
 
 
 # ------------------------------------------------------------------------------------------ scorers
-def fd8(fakes, reals) -> float:
+# A scorer: (checkpoint, data directory, number of samples) -> (score, details); lower is better.
+def fd8(checkpoint: str, data: str, n: int) -> tuple[float, dict]:
+    """The Frechet distance of 8x8 grey thumbnails (hvdgan.metrics) against every real digit."""
+    import torch
+
+    from hvdgan.data import read_all
     from hvdgan.metrics import features8, frechet_distance, gaussian
 
-    return frechet_distance(gaussian(features8(fakes)), gaussian(features8(reals)))
+    reals = torch.from_numpy(read_all(data)[0]).float().div(127.5).sub(1)
+    fakes = generate(checkpoint, n, seed=12345)
+    return frechet_distance(gaussian(features8(fakes)), gaussian(features8(reals))), {}
 
 
-SCORERS = {"fd8": fd8}
+def fid(checkpoint: str, data: str, n: int) -> tuple[float, dict]:
+    """Inception FID (and KID) of the checkpoint's EMA generator against every real digit, measured by
+    `hvdgan evaluate` on 2 ranks, as a user would (its reference features are cached in DATA/eval-cache)."""
+    bindir = Path(sys.executable).parent
+    out = Path(checkpoint).with_suffix(".eval.json")
+    cmd = [str(bindir / "horovodrun"), "-np", "2", "-H", "localhost:2", str(bindir / "hvdgan"), "evaluate", checkpoint,
+           "--data", data, "-n", str(n), "--metrics", "fid,kid", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if proc.returncode != 0:
+        raise SystemExit(f"evaluation failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    scores = json.loads(out.read_text())["metrics"]
+    return scores["fid"], {"kid": scores["kid"], "kid_std": scores["kid_std"]}
+
+
+SCORERS = {"fd8": fd8, "fid": fid}
+
+
+def generate(checkpoint: str, n: int, seed: int):
+    """n samples of the checkpoint's EMA generator in [-1, 1] (a conditional one: the classes in turn)."""
+    import torch
+
+    from hvdgan.sample import load_generator
+    from hvdgan.zoo import num_classes
+
+    G = load_generator(checkpoint, ema=True)
+    classes = num_classes(G)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        chunks = []
+        for i in range(0, n, 256):
+            k = min(256, n - i)
+            y = (torch.arange(i, i + k) % classes,) if classes else ()
+            chunks.append(G(torch.randn(k, G.nz, 1, 1, generator=gen), *y))
+    return torch.cat(chunks)
 
 
 # ------------------------------------------------------------------------------------------- worker
@@ -139,44 +183,35 @@ def train_setting(name: str, values: dict, data: str, out: Path, budget: float, 
     return result
 
 
-def score_checkpoint(path: str, reals, scorer, n: int, grid_png: Path | None) -> float:
+def save_grid(checkpoint: str, png: Path) -> None:
+    """64 samples, 8 x 8 (a conditional generator: one row of 8 per class)."""
     import torch
 
-    from hvdgan.metrics import save_grid
+    from hvdgan.metrics import save_grid as save
     from hvdgan.sample import load_generator
     from hvdgan.zoo import grid_labels, num_classes
 
-    G = load_generator(path, ema=True)
+    G = load_generator(checkpoint, ema=True)
     classes = num_classes(G)
-    gen = torch.Generator().manual_seed(12345)
+    gen = torch.Generator().manual_seed(54321)
     with torch.no_grad():
-        chunks = []
-        for i in range(0, n, 256):
-            k = min(256, n - i)
-            y = (torch.arange(i, i + k) % classes,) if classes else ()
-            chunks.append(G(torch.randn(k, G.nz, 1, 1, generator=gen), *y))
-        fakes = torch.cat(chunks)
-        if grid_png is not None:
-            if classes:  # one row per class
-                grid = G(torch.randn(8 * classes, G.nz, 1, 1, generator=gen), grid_labels(classes, 8))
-            else:
-                grid = fakes[:64]
-            save_grid(grid, grid_png, nrow=8)
-    return scorer(fakes, reals)
+        z = torch.randn(8 * classes if classes else 64, G.nz, 1, 1, generator=gen)
+        save(G(z, grid_labels(classes, 8)) if classes else G(z), png, nrow=8)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--values", help=argparse.SUPPRESS)
-    ap.add_argument("--data")
+    ap.add_argument("--data", help="a prepared digits dataset to use (and keep the Inception reference features "
+                    "of, in DATA/eval-cache); default: prepared afresh in a temporary directory")
     ap.add_argument("--out")
     ap.add_argument("--budget", type=float, default=180.0, help="seconds of training per setting")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: wall-clock seconds; cpu: CPU seconds of each rank's training thread")
     ap.add_argument("--np", type=int, default=2, dest="np_")
     ap.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),
-                    help="built-in candidate(s) to add (default: dcgan-sn-hinge-aug)")
+                    help="built-in candidate(s) to add (default: dcgan-cond, dcgan-cond-aug, dcgan-aug)")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=SPEC",
                     help="extra setting: NAME=job.yaml or NAME=\"key: value, ...\" (over the old DCGAN demo)")
     ap.add_argument("--scorer", choices=sorted(SCORERS), default="fd8")
@@ -187,35 +222,40 @@ def main() -> None:
         worker(args)
         return
 
-    import torch
-
-    from hvdgan.data import prepare, read_all
+    from hvdgan.data import open_manifest, prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    data = str(tmp / "digits")
-    prepare("digits", data, shards=4, progress=False)
-    reals = torch.from_numpy(read_all(data)[0]).float().div(127.5).sub(1)
+    data = args.data or str(tmp / "digits")
+    if not args.data:
+        prepare("digits", data, shards=4, progress=False)
+    count = open_manifest(data).count
     settings = [("dcgan-demo", setting_values("dcgan-demo"))]
     if setting_values("demo") != settings[0][1]:
         settings.append(("demo", setting_values("demo")))
-    for name in args.candidate or ["dcgan-sn-hinge-aug"]:
-        settings.append((name, {**DCGAN_DEMO, **CANDIDATES[name]}))
+    for name in args.candidate or ["dcgan-cond", "dcgan-cond-aug", "dcgan-aug"]:
+        values = {**DCGAN_DEMO, **CANDIDATES[name]}
+        same = [other for other, v in settings if v == values]
+        if same:  # (the demo job holds a candidate since it moved to it: train it once)
+            print(f"{name}: the same setting as {same[0]}", flush=True)
+            continue
+        settings.append((name, values))
     for item in args.setting:
         name, _, spec = item.partition("=")
         settings.append((name, setting_values(spec)))
     print(f"{len(settings)} settings x {args.budget:.0f} {args.clock} s of training on {args.np_} ranks (horovodrun), digits "
-          f"({len(reals)} images), scorer {args.scorer} over {args.samples} samples; {os.cpu_count()} CPUs; "
+          f"({count} images), scorer {args.scorer} over {args.samples} samples; {os.cpu_count()} CPUs; "
           f"load average at start {os.getloadavg()[0]:.2f}", flush=True)
     rows = []
     for name, values in settings:
         out = tmp / f"run-{name}"
         result = train_setting(name, values, data, out, args.budget, args.np_, args.clock)
-        grid = Path(args.img_dir) / f"quality-{name}.png" if args.img_dir else None
-        score = score_checkpoint(result["checkpoint"], reals, SCORERS[args.scorer], args.samples, grid)
+        if args.img_dir:
+            save_grid(result["checkpoint"], Path(args.img_dir) / f"quality-{name}.png")
+        score, details = SCORERS[args.scorer](result["checkpoint"], data, args.samples)
         rows.append((name, values, result, score))
+        extra = "".join(f", {k} {v:.4g}" for k, v in details.items() if v is not None)
         print(f"{name}: {result['step']} G steps in {result['train_s']:.0f} s wall ({result['cpu_s']:.0f} s CPU of "
-              f"rank 0), {args.scorer} {score:.3f}   "
-              f"{json.dumps(values)}", flush=True)
+              f"rank 0), {args.scorer} {score:.3f}{extra}   {json.dumps(values)}", flush=True)
     base = rows[0][3]
     print()
     print(f"| setting | G steps in {args.budget:.0f} {args.clock} s | {args.scorer} | vs dcgan-demo |")

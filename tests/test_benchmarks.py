@@ -83,8 +83,11 @@ def test_bench_placement_on_cuda_without_a_gpu_says_so_and_exits_2(capsys):
 
 @pytest.mark.mp
 def test_bench_quality_smoke_scores_every_setting():
-    """Two settings for 2 CPU-seconds each on 2 ranks, stopped by USR1 as on a preemption, then scored."""
-    out = ok(bench("bench_quality.py", "--budget", "2", "--clock", "cpu", "--samples", "128"))
+    """Two settings (the old demo; the demo job, which is the dcgan-cond candidate, trained once) for 2
+    CPU-seconds each on 2 ranks, stopped by USR1 as on a preemption, then scored."""
+    out = ok(bench("bench_quality.py", "--budget", "2", "--clock", "cpu", "--samples", "128", "--candidate",
+                   "dcgan-cond"))
+    assert "dcgan-cond: the same setting as demo" in out, out
     rows = re.findall(r"^\| (\S+) \| (\d+) \| ([\d.]+) \|", out, re.M)
     assert len(rows) >= 2 and all(int(steps) > 0 for _, steps, _ in rows), out
     assert re.search(r"fd8 at the same budget: [\d.]+ +target <= 0.5", out), out
@@ -95,3 +98,4 @@ def test_bench_conditional_smoke_classifies_the_samples():
     out = ok(bench("bench_conditional.py", "--steps", "4", "--per-class", "4"))
     assert re.search(r"classifier accuracy on held-out real digits: 0\.9\d", out), out
     assert re.search(r"accuracy on generated digits .*: [\d.]+ +chance 0.100", out), out
+    assert re.search(r"variety within a class .*: [\d.]+$", out, re.M), out
