@@ -149,6 +149,9 @@ def dataset_features(data, extractor, hvd=None, limit: int | None = None, progre
             log.info("reference features of %s: %s", data, where)
         return feats if rank == 0 else None
     a, b = share(count, rank, size)
+    if rank == 0:  # (the bar below only shows on a terminal; this line also reaches a batch job's log)
+        log.info("reference features of %s: extracting %d images on %d rank(s) (once: cached afterwards; "
+                 "a few images/s per CPU core)", data, count, size)
     images = read_rows(m, a, b)
     bar = _bar(b - a, f"features of {Path(data).name} (rank 0's {b - a} of {count})", progress and rank == 0)
     local = []
