@@ -48,6 +48,10 @@ CANDIDATES = {
     "dcgan-cond": dict(conditional=True),
     "dcgan-cond-aug": dict(conditional=True, augment="translation"),
     "dcgan-aug": dict(augment="translation"),
+    # more steps in the same budget (half the batch), larger steps (twice the learning rate), or both
+    "dcgan-cond-b32": dict(conditional=True, batch_size=32),
+    "dcgan-cond-lr4": dict(conditional=True, lr_g=4e-4, lr_d=4e-4),
+    "dcgan-cond-b32-lr4": dict(conditional=True, batch_size=32, lr_g=4e-4, lr_d=4e-4),
     "dcgan-sn-hinge-aug": dict(spectral_norm=True, loss="hinge", beta1=0.0, beta2=0.9, augment="translation,cutout"),
     "resnet-tiny": dict(model="resnet", ngf=8, ndf=8, loss="hinge", beta1=0.0, beta2=0.9,
                         augment="translation,cutout"),

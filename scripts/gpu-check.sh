@@ -79,6 +79,10 @@ export PATH="$VENV/bin:$PATH"
 pip_q() { "$PY" -m pip "$1" -q --disable-pip-version-check "${@:2}" 2> >(grep -v 'is ignored: it is neither' >&2); }
 say "installing what the node lacks from $bundle (no index)"
 pip_q install --no-index --find-links "$bundle/wheels" -r "$bundle/requirements.txt"
+# (packages that require torch: with --no-deps, or pip would resolve the node's torch's own CUDA requirements)
+if [ -f "$bundle/requirements-nodeps.txt" ]; then
+  pip_q install --no-index --no-deps --find-links "$bundle/wheels" -r "$bundle/requirements-nodeps.txt"
+fi
 
 # 2. Horovod: NCCL + Gloo on a GPU, Gloo (and MPI where found) for the CPU dry run
 # (the public version, as scripts/setup.sh's key has it: the CUDA build is a part of the key of its own)

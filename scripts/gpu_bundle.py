@@ -9,6 +9,9 @@ Run it where pip reaches the package index. The folder holds
                                           requirements, cmake<4 and setuptools/wheel (Horovod's build), with
                                           every dependency they pull in
   requirements.txt                        what scripts/gpu-check.sh installs from wheels/ (pip --no-index)
+  requirements-nodeps.txt                 packages that name torch among their requirements (pytorch-fid),
+                                          installed after with --no-deps: pip would otherwise resolve the
+                                          node's torch's own requirements (CUDA wheels) and fail offline
   hvdgan-<version>-src.tar.gz             this source tree (tracked and untracked-not-ignored files)
   manifest.json                           every file with its size and sha256; what was left out and why
 Packages the node already has are left out when --have lists them (the node's `python3 -m pip list
@@ -51,6 +54,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # prepares synthetic data from a .npy file).
 NODE_PROVIDED = {"torch", "torchvision"}
 NOT_NEEDED = {"scikit-learn"}
+# hvdgan's install_requires that require torch themselves: installed with --no-deps (their other requirements,
+# numpy, pillow and scipy, are hvdgan's too)
+TORCH_DEPENDENT = {"pytorch-fid"}
 # imported at run time but only installed through scikit-learn in setup.cfg (hvdgan.metrics' Frechet distance)
 RUNTIME_EXTRA = ["scipy>=1.10"]
 # Horovod 0.28.1's own requirements (its setup.py) and what its build needs with --no-build-isolation
@@ -173,6 +179,9 @@ def download_wheels(reqs: list[str], have: dict, args, dest: Path) -> tuple[list
                 if not req.specifier.contains(Version(version), prereleases=True):
                     raise SystemExit(f"gpu_bundle: {req} is needed, but {got[name].name} was already chosen")
                 continue
+            if name in NODE_PROVIDED:  # (a requirement of a bundled package: the node's own torch serves it)
+                skipped.append(f"{req.name} (the node's own)")
+                continue
             if satisfied(req, have):
                 skipped.append(f"{req} (the node has {req.name} {have[canon(req.name)] or ''})".replace(" )", ")"))
                 continue
@@ -235,9 +244,13 @@ def build(args) -> dict:
         (tmp / "patches").mkdir()
         shutil.copy2(patch, tmp / "patches" / patch.name)
         source_tarball(tmp, __version__, [tmp, out])
+        nodeps = [r for r in reqs if canon(Requirement(r).name) in TORCH_DEPENDENT]
         (tmp / "requirements.txt").write_text(
             "# installed by scripts/gpu-check.sh with pip --no-index --find-links wheels/ "
-            "(torch and torchvision: the node's own)\n" + "\n".join(reqs) + "\n")
+            "(torch and torchvision: the node's own)\n" + "\n".join(r for r in reqs if r not in nodeps) + "\n")
+        (tmp / "requirements-nodeps.txt").write_text(
+            "# installed by scripts/gpu-check.sh after requirements.txt, with --no-deps: these name torch among "
+            "their requirements\n" + "\n".join(nodeps) + "\n")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

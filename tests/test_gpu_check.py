@@ -107,6 +107,10 @@ def test_bundle_contents_size_and_checksums(bundle):
     assert py in wheels["h5py"] and "manylinux" in wheels["h5py"]
     reqs = (bundle / "requirements.txt").read_text()
     assert "torch" not in re.findall(r"^[a-z-]+", reqs, re.M) and "cmake>=3.13,<4" in reqs and "h5py" in reqs
+    # pytorch-fid requires torch: it is installed with --no-deps (else pip resolves the node's torch's CUDA wheels)
+    nodeps = (bundle / "requirements-nodeps.txt").read_text()
+    assert "pytorch-fid" in wheels and re.findall(r"^[a-z-]+", nodeps, re.M) == ["pytorch-fid"]
+    assert "pytorch-fid" not in reqs
     with tarfile.open(bundle / m["source"]) as tar:
         names = tar.getnames()
     for f in ("scripts/gpu-check.sh", "scripts/horovod-wheel.sh", "benchmarks/gpu_check.py", "hvdgan/gan.py",
@@ -198,7 +202,7 @@ def test_gpu_check_cpu_dry_run_from_the_bundle(node, bundle, tmp_path):
     assert "using cached Horovod wheel" in proc.stderr  # the key is setup.sh's: no second build
     # the packages the node lacked came from the bundle, into the fresh venv
     py = str(venv / "bin" / "python")
-    where = subprocess.run([py, "-c", "import click, h5py, yaml, tqdm, cffi, horovod, torch, hvdgan; "
+    where = subprocess.run([py, "-c", "import click, h5py, yaml, tqdm, cffi, horovod, torch, hvdgan, pytorch_fid; "
                             "print(click.__file__, h5py.__file__, horovod.__file__, torch.__file__, hvdgan.__file__)"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert all(w.startswith(str(venv)) for w in where[:3]), where
