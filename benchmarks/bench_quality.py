@@ -215,7 +215,8 @@ def main() -> None:
                     help="wall: wall-clock seconds; cpu: CPU seconds of each rank's training thread")
     ap.add_argument("--np", type=int, default=2, dest="np_")
     ap.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),
-                    help="built-in candidate(s) to add (default: dcgan-cond, dcgan-cond-aug, dcgan-aug)")
+                    help="built-in candidate(s) to add (default: dcgan-cond, dcgan-cond-b32, dcgan-cond-lr4, "
+                         "dcgan-cond-b32-lr4)")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=SPEC",
                     help="extra setting: NAME=job.yaml or NAME=\"key: value, ...\" (over the old DCGAN demo)")
     ap.add_argument("--scorer", choices=sorted(SCORERS), default="fd8")
@@ -236,7 +237,7 @@ def main() -> None:
     settings = [("dcgan-demo", setting_values("dcgan-demo"))]
     if setting_values("demo") != settings[0][1]:
         settings.append(("demo", setting_values("demo")))
-    for name in args.candidate or ["dcgan-cond", "dcgan-cond-aug", "dcgan-aug"]:
+    for name in args.candidate or ["dcgan-cond", "dcgan-cond-b32", "dcgan-cond-lr4", "dcgan-cond-b32-lr4"]:
         values = {**DCGAN_DEMO, **CANDIDATES[name]}
         same = [other for other, v in settings if v == values]
         if same:  # (the demo job holds a candidate since it moved to it: train it once)
