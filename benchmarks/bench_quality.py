@@ -24,6 +24,7 @@ job moves to it only if one does.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -62,16 +63,23 @@ RUN_KEYS = ("data", "out", "max_steps", "epochs", "log_every", "sample_every", "
 
 # ------------------------------------------------------------------------------------------ scorers
 # A scorer: (checkpoint, data directory, number of samples) -> (score, details); lower is better.
-def fd8(checkpoint: str, data: str, n: int) -> tuple[float, dict]:
-    """The Frechet distance of 8x8 grey thumbnails (hvdgan.metrics) against every real digit."""
+@functools.lru_cache(maxsize=None)
+def real_stats8(data: str):
+    """The 8x8 thumbnail statistics of every real digit (read once per run, not once per setting)."""
     import torch
 
     from hvdgan.data import read_all
+    from hvdgan.metrics import features8, gaussian
+
+    return gaussian(features8(torch.from_numpy(read_all(data)[0]).float().div(127.5).sub(1)))
+
+
+def fd8(checkpoint: str, data: str, n: int) -> tuple[float, dict]:
+    """The Frechet distance of 8x8 grey thumbnails (hvdgan.metrics) against every real digit."""
     from hvdgan.metrics import features8, frechet_distance, gaussian
 
-    reals = torch.from_numpy(read_all(data)[0]).float().div(127.5).sub(1)
     fakes = generate(checkpoint, n, seed=12345)
-    return frechet_distance(gaussian(features8(fakes)), gaussian(features8(reals))), {}
+    return frechet_distance(gaussian(features8(fakes)), real_stats8(data)), {}
 
 
 def fid(checkpoint: str, data: str, n: int) -> tuple[float, dict]:
@@ -187,22 +195,6 @@ def train_setting(name: str, values: dict, data: str, out: Path, budget: float, 
     return result
 
 
-def save_grid(checkpoint: str, png: Path) -> None:
-    """64 samples, 8 x 8 (a conditional generator: one row of 8 per class)."""
-    import torch
-
-    from hvdgan.metrics import save_grid as save
-    from hvdgan.sample import load_generator
-    from hvdgan.zoo import grid_labels, num_classes
-
-    G = load_generator(checkpoint, ema=True)
-    classes = num_classes(G)
-    gen = torch.Generator().manual_seed(54321)
-    with torch.no_grad():
-        z = torch.randn(8 * classes if classes else 64, G.nz, 1, 1, generator=gen)
-        save(G(z, grid_labels(classes, 8)) if classes else G(z), png, nrow=8)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -228,6 +220,7 @@ def main() -> None:
         return
 
     from hvdgan.data import open_manifest, prepare
+    from hvdgan.sample import sample_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     data = args.data or str(tmp / "digits")
@@ -254,8 +247,9 @@ def main() -> None:
     for name, values in settings:
         out = tmp / f"run-{name}"
         result = train_setting(name, values, data, out, args.budget, args.np_, args.clock)
-        if args.img_dir:
-            save_grid(result["checkpoint"], Path(args.img_dir) / f"quality-{name}.png")
+        if args.img_dir:  # 8 x 8 samples; a conditional generator: one row of 8 per class
+            sample_checkpoint(result["checkpoint"], Path(args.img_dir) / f"quality-{name}.png",
+                              num=80 if values.get("conditional") else 64, overwrite=True)
         score, details = SCORERS[args.scorer](result["checkpoint"], data, args.samples)
         rows.append((name, values, result, score))
         extra = "".join(f", {k} {v:.4g}" for k, v in details.items() if v is not None)
