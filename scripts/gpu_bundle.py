@@ -54,9 +54,6 @@ ROOT = Path(__file__).resolve().parents[1]
 # prepares synthetic data from a .npy file).
 NODE_PROVIDED = {"torch", "torchvision"}
 NOT_NEEDED = {"scikit-learn"}
-# hvdgan's install_requires that require torch themselves: installed with --no-deps (their other requirements,
-# numpy, pillow and scipy, are hvdgan's too)
-TORCH_DEPENDENT = {"pytorch-fid"}
 # imported at run time but only installed through scikit-learn in setup.cfg (hvdgan.metrics' Frechet distance)
 RUNTIME_EXTRA = ["scipy>=1.10"]
 # Horovod 0.28.1's own requirements (its setup.py) and what its build needs with --no-build-isolation
@@ -161,14 +158,16 @@ def pip(*argv: str) -> None:
         raise SystemExit(f"gpu_bundle: pip failed: {' '.join(cmd)}\n{err[-3000:]}")
 
 
-def download_wheels(reqs: list[str], have: dict, args, dest: Path) -> tuple[list[str], list[str]]:
-    """The closure of `reqs` as binary wheels for the node, minus what it has; returns (bundled, left out)."""
+def download_wheels(reqs: list[str], have: dict, args, dest: Path) -> tuple[list[str], list[str], set[str]]:
+    """The closure of `reqs` as binary wheels for the node, minus what it has; returns (bundled, left out,
+    the names of the bundled packages that require the node's torch or torchvision)."""
     env = marker_env(args.python_version)
     tags = []
     for p in platforms(args):
         tags += ["--platform", p]
     got: dict[str, Path] = {}
     skipped: list[str] = []
+    needs_torch: set[str] = set()
     todo = [Requirement(r) for r in reqs]
     while todo:
         fetch, seen = [], set()
@@ -196,12 +195,16 @@ def download_wheels(reqs: list[str], have: dict, args, dest: Path) -> tuple[list
         new = sorted(set(dest.glob("*.whl")) - before)
         todo = []
         for whl in new:
-            got[wheel_name_version(whl)[0]] = whl
-            todo += wheel_requires(whl, env)
+            name = wheel_name_version(whl)[0]
+            got[name] = whl
+            requires = wheel_requires(whl, env)
+            if any(canon(r.name) in NODE_PROVIDED for r in requires):
+                needs_torch.add(name)
+            todo += requires
         missing = [f for f in fetch if canon(Requirement(f).name) not in got]
         if missing:
             raise SystemExit(f"gpu_bundle: pip found no wheel for {', '.join(missing)}")
-    return sorted(p.name for p in got.values()), sorted(set(skipped))
+    return sorted(p.name for p in got.values()), sorted(set(skipped)), needs_torch
 
 
 def source_tarball(dest: Path, version: str, leave_out: list[Path]) -> Path:
@@ -239,12 +242,12 @@ def build(args) -> dict:
         t0 = time.time()
         reqs = node_requirements()
         (tmp / "wheels").mkdir()
-        bundled, skipped = download_wheels(reqs, have, args, tmp / "wheels")
+        bundled, skipped, needs_torch = download_wheels(reqs, have, args, tmp / "wheels")
         pip("download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(tmp), f"horovod=={hvd_version}")
         (tmp / "patches").mkdir()
         shutil.copy2(patch, tmp / "patches" / patch.name)
         source_tarball(tmp, __version__, [tmp, out])
-        nodeps = [r for r in reqs if canon(Requirement(r).name) in TORCH_DEPENDENT]
+        nodeps = [r for r in reqs if canon(Requirement(r).name) in needs_torch]
         (tmp / "requirements.txt").write_text(
             "# installed by scripts/gpu-check.sh with pip --no-index --find-links wheels/ "
             "(torch and torchvision: the node's own)\n" + "\n".join(r for r in reqs if r not in nodeps) + "\n")
