@@ -17,7 +17,13 @@ pre-hooks at each network's entry): a smoke test of the script and a measure of 
 
 The check trains --check-steps steps from the same weights, data and noise with each split placement and
 all-on-GPU, in float32 (no autocast, no TF32, deterministic cuDNN), and compares the first step's losses
-(same weights: only rounding differs) and the parameters afterwards (relative to how far they moved).
+(same weights: only rounding differs; <= --loss-tolerance), the later steps' losses (<= --later-loss-tolerance)
+and the parameters afterwards (relative to how far they moved; <= --tolerance). The later figures are loose
+on purpose: Adam's first steps move every weight by about lr whatever the size of its gradient, so a weight
+whose gradient is at rounding level moves by +-lr on the sign of that rounding. A CPU and a GPU round
+differently, and after 3 steps the parameters differ by a few percent of their movement from that alone
+(measured on an H200: 5.4% and 4.7%; on the CPU, inputs scaled by 1 + 2**-19 give 4.7%), while a placement
+that computes something else differs by the order of the movement itself.
 With --device cpu it compares G=cpu,D=cpu against the unplaced run, which must be bit-identical.
 Exit status: 0, 1 when a check fails, 2 when --device cuda finds no GPU.
 """
@@ -141,24 +147,28 @@ def check(args, hvd) -> dict:
     def train(spec):
         gan, _, _ = build(spec, args, hvd, amp=False, channels_last=False)
         start = flat_params(gan)
-        step(gan, images[0], z[0], False)
-        first = torch.tensor([gan.stats.sum("loss_d"), gan.stats.sum("loss_g")], dtype=torch.float64)  # first step's
-        for i in range(1, args.check_steps):
+        losses = []
+        for i in range(args.check_steps):
             step(gan, images[i], z[i], False)
+            losses.append([gan.stats.sum("loss_d"), gan.stats.sum("loss_g")])  # this step's
+            gan.stats.reset()
         sync()
-        return start, first, flat_params(gan)
+        return start, torch.tensor(losses, dtype=torch.float64), flat_params(gan)
 
     start, ref_loss, ref = train(None)
     for spec in placements(args.device)[1:]:
         s, loss, params = train(spec)
         assert torch.equal(s, start), "the placed run starts from other weights"
         moved = (ref - start).norm().item()
+        rel = (loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-12)
         results[spec] = {
-            "loss_rel_diff": ((loss - ref_loss).abs() / ref_loss.abs().clamp_min(1e-12)).max().item(),
+            "loss_rel_diff": rel[0].max().item(),  # step 1: the same weights
+            "later_loss_rel_diff": rel[1:].max().item() if len(rel) > 1 else 0.0,
             "param_max_abs_diff": (params - ref).abs().max().item(),
             "param_rel_diff": (params - ref).norm().item() / max(moved, 1e-30),
         }
         ok = (results[spec]["loss_rel_diff"] <= args.loss_tolerance
+              and results[spec]["later_loss_rel_diff"] <= args.later_loss_tolerance
               and results[spec]["param_rel_diff"] <= args.tolerance)
         if args.device == "cpu":  # the same device: the same arithmetic
             ok = torch.equal(params, ref) and torch.equal(loss, ref_loss)
@@ -178,9 +188,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--check-steps", type=int, default=3)
-    p.add_argument("--tolerance", type=float, default=5e-2,
+    p.add_argument("--tolerance", type=float, default=0.25,
                    help="largest |params - baseline| / |baseline's movement| after --check-steps (float32)")
     p.add_argument("--loss-tolerance", type=float, default=1e-4, help="largest relative difference of step 1's losses")
+    p.add_argument("--later-loss-tolerance", type=float, default=1e-2,
+                   help="largest relative difference of the later check steps' losses")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -218,7 +230,8 @@ def main(argv=None) -> int:
           f"{BASELINE[args.device]}")
     for spec, r in checks.items():
         verdict = "OK" if r["ok"] else "MISMATCH"
-        print(f"  {spec:<{width}}  step-1 losses rel. diff {r['loss_rel_diff']:.2e}, params max |diff| "
+        print(f"  {spec:<{width}}  step-1 losses rel. diff {r['loss_rel_diff']:.2e}, later steps' "
+              f"{r['later_loss_rel_diff']:.2e}, params max |diff| "
               f"{r['param_max_abs_diff']:.2e}, rel. to movement {r['param_rel_diff']:.2e}: {verdict}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "gpus": gpus,

@@ -302,7 +302,9 @@ def step_precision(args, ctx, hvd):
                                  / ref[late, :2].mean(0).abs()).max().item(),
         "late_means_fp32": [round(v, 4) for v in ref[late].mean(0).tolist()],
         "late_means_mixed": [round(v, 4) for v in mix[late].mean(0).tolist()],
-        "tolerances": {"step1_loss_rel_diff": 0.05, "late_d_outputs_abs_diff": 0.15, "late_losses_rel_diff": 0.35},
+        # (late losses are reported, not checked: once D wins, loss_d runs towards 0, where any relative
+        # difference is large; on an H200, 0.0069 against 0.102 gave 0.93 while the D outputs differed by 0.044)
+        "tolerances": {"step1_loss_rel_diff": 0.05, "late_d_outputs_abs_diff": 0.15},
     }
     ctx["precision"] = res
     if not res["finite"]:

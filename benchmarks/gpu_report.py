@@ -62,7 +62,8 @@ def render_markdown(r: dict) -> str:
         for name, t in p["timing"].items():
             c = p["check"].get(name)
             check = "(reference)" if c is None else (
-                f"{'OK' if c['ok'] else '**MISMATCH**'} (params {c['param_rel_diff']:.1e} of movement)")
+                f"{'OK' if c['ok'] else '**MISMATCH**'} (step-1 losses {c['loss_rel_diff']:.0e}, later "
+                f"{c.get('later_loss_rel_diff', 0):.0e}; params {c['param_rel_diff']:.1e} of movement)")
             lines.append(f"| {name} | {t['ms_per_step']:.2f} | {_fmt(t['images_per_s'])} | "
                          f"{t['x_baseline']:.2f}x | {check} |")
     pr = r.get("precision")
@@ -70,7 +71,8 @@ def render_markdown(r: dict) -> str:
         lines += ["", f"bf16 + channels_last against float32, {pr['steps']} steps at batch {pr['batch']} from the "
                   f"same weights, data and noise: step-1 losses differ by {pr['step1_loss_rel_diff']:.1e} (rel.), "
                   f"the last quarter's mean D outputs by {pr['late_d_outputs_abs_diff']:.3f} (abs.), its mean "
-                  f"losses by {pr['late_losses_rel_diff']:.3f} (rel.); "
+                  f"losses by {pr['late_losses_rel_diff']:.3f} (rel.; reported, not checked: a loss near 0 makes any "
+                  f"relative difference large); "
                   f"{'all finite' if pr['finite'] else 'NaN/inf seen'}."]
     for note in r.get("notes", []):
         lines += ["", f"Note: {note}"]

@@ -65,23 +65,37 @@ def frozen(model: nn.Module):
             p.requires_grad_(True)
 
 
-def ema_with_warmup(decay: float):
-    """AveragedModel's multi_avg_fn for an EMA whose decay ramps up as min(decay, (1 + n) / (10 + n)):
+class EMA(AveragedModel):
+    """G's exponential moving average, with a decay that ramps up as min(decay, (1 + n) / (10 + n)):
     early on the average follows G closely instead of dragging its random initial weights along for
-    ~1/(1 - decay) steps (as TensorFlow's ExponentialMovingAverage with num_updates)."""
+    ~1/(1 - decay) steps (as TensorFlow's ExponentialMovingAverage with num_updates).
+
+    AveragedModel's own update reads its counter on the host and moves it to each device group every
+    step; either waits for the GPU, which cost hvdgan's step 0.9 ms at batch 128 on an H200 (0.91 of a
+    plain loop). Here the counter stays a CPU tensor (AveragedModel's, so checkpoints keep its layout),
+    the decay is worked out on the host, and each (device, dtype) group is one foreach lerp: no sync."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__(model, use_buffers=True)  # (n_averaged: a CPU buffer)
+        self.decay = decay
 
     @torch.no_grad()
-    def update(ema_params, model_params, num_averaged):
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        floats = [(e, m) for e, m in zip(ema_params, model_params) if e.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], 1 - d)
-        for e, m in zip(ema_params, model_params):
-            if not e.is_floating_point():  # counters such as BatchNorm's num_batches_tracked
+    def update_parameters(self, model: nn.Module) -> None:
+        n = int(self.n_averaged)  # a CPU tensor: no device sync
+        weight = 1.0 if n == 0 else 1 - min(self.decay, (1 + n) / (10 + n))  # 1: start as a copy of G
+        groups: dict = {}
+        mine = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [*model.parameters(), *model.buffers()]
+        for e, m in zip(mine, theirs, strict=True):
+            if e.is_floating_point():
+                group = groups.setdefault((e.device, e.dtype), ([], []))
+                group[0].append(e.detach())
+                group[1].append(m.detach().to(e.device))
+            else:  # counters such as BatchNorm's num_batches_tracked
                 e.copy_(m)
-
-    return update
+        for ema_tensors, model_tensors in groups.values():
+            torch._foreach_lerp_(ema_tensors, model_tensors, weight)
+        self.n_averaged += 1
 
 
 def first_device(model: nn.Module) -> torch.device:
@@ -119,8 +133,7 @@ class GAN:
         self.opt_d = hvd.DistributedOptimizer(opt_d, named_parameters=[("D." + n, p) for n, p in D.named_parameters()],
                                               compression=compression)
         self.broadcast()
-        self.ema = (AveragedModel(G, multi_avg_fn=ema_with_warmup(settings.ema), use_buffers=True)
-                    if settings.ema > 0 else None)
+        self.ema = EMA(G, settings.ema) if settings.ema > 0 else None
         self.noise_device = first_device(G)
         self.stop_flag = None  # hvdgan.stop.StopFlag: submitted with D's gradients every D update
         self.real_device = first_device(D)

@@ -164,7 +164,8 @@ def test_report_markdown_format():
         "placements": {"args": {"batch_size": "64"}, "timing": {
             "all-on-GPU": {"ms_per_step": 5.0, "images_per_s": 12800.0, "x_baseline": 1.0},
             "G=gpu0,D=cpu": {"ms_per_step": 50.0, "images_per_s": 1280.0, "x_baseline": 10.0}},
-            "check": {"G=gpu0,D=cpu": {"ok": True, "param_rel_diff": 1e-4}}},
+            "check": {"G=gpu0,D=cpu": {"ok": True, "loss_rel_diff": 5e-7, "later_loss_rel_diff": 2e-4,
+                                       "param_rel_diff": 1e-4}}},
         "precision": None,
     }
     md_text = render_markdown(report)
@@ -173,7 +174,7 @@ def test_report_markdown_format():
                 "| train | OK | 20.5 | 100 steps |", "| precision | **FAIL** | 9.0 | drifts \\| a lot |",
                 "| 128 | 13,400 | 13,000 | 0.970 | ratio >= 0.97: met; >= 25,000 images/s: MISSED |",
                 "| all-on-GPU | 5.00 | 12,800 | 1.00x | (reference) |",
-                "| G=gpu0,D=cpu | 50.00 | 1,280 | 10.00x | OK (params 1.0e-04 of movement) |"):
+                "| G=gpu0,D=cpu | 50.00 | 1,280 | 10.00x | OK (step-1 losses 5e-07, later 2e-04; params 1.0e-04 of movement) |"):
         assert row in md_text, f"missing {row!r} in\n{md_text}"
     # every table row has as many cells as its header
     for block in md_text.split("\n\n"):
