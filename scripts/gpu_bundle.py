@@ -27,7 +27,6 @@ import configparser
 import email.parser
 import hashlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -40,11 +39,9 @@ import zipfile
 from pathlib import Path
 
 try:
-    from packaging.markers import Marker
     from packaging.requirements import Requirement
     from packaging.version import Version
 except ImportError:  # pip always carries a copy
-    from pip._vendor.packaging.markers import Marker
     from pip._vendor.packaging.requirements import Requirement
     from pip._vendor.packaging.version import Version
 
