@@ -53,6 +53,8 @@ CANDIDATES = {
     "dcgan-cond-b32": dict(conditional=True, batch_size=32),
     "dcgan-cond-lr4": dict(conditional=True, lr_g=4e-4, lr_d=4e-4),
     "dcgan-cond-b32-lr4": dict(conditional=True, batch_size=32, lr_g=4e-4, lr_d=4e-4),
+    "dcgan-cond-b16": dict(conditional=True, batch_size=16),
+    "dcgan-cond-b8": dict(conditional=True, batch_size=8),
     "dcgan-sn-hinge-aug": dict(spectral_norm=True, loss="hinge", beta1=0.0, beta2=0.9, augment="translation,cutout"),
     "resnet-tiny": dict(model="resnet", ngf=8, ndf=8, loss="hinge", beta1=0.0, beta2=0.9,
                         augment="translation,cutout"),
@@ -230,7 +232,7 @@ def main() -> None:
     settings = [("dcgan-demo", setting_values("dcgan-demo"))]
     if setting_values("demo") != settings[0][1]:
         settings.append(("demo", setting_values("demo")))
-    for name in args.candidate or ["dcgan-cond", "dcgan-cond-b32", "dcgan-cond-lr4", "dcgan-cond-b32-lr4"]:
+    for name in args.candidate or ["dcgan-cond", "dcgan-cond-b32", "dcgan-cond-b16", "dcgan-cond-b8"]:
         values = {**DCGAN_DEMO, **CANDIDATES[name]}
         same = [other for other, v in settings if v == values]
         if same:  # (the demo job holds a candidate since it moved to it: train it once)
