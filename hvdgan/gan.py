@@ -70,10 +70,11 @@ class EMA(AveragedModel):
     early on the average follows G closely instead of dragging its random initial weights along for
     ~1/(1 - decay) steps (as TensorFlow's ExponentialMovingAverage with num_updates).
 
-    AveragedModel's own update reads its counter on the host and moves it to each device group every
-    step; either waits for the GPU, which cost hvdgan's step 0.9 ms at batch 128 on an H200 (0.91 of a
-    plain loop). Here the counter stays a CPU tensor (AveragedModel's, so checkpoints keep its layout),
-    the decay is worked out on the host, and each (device, dtype) group is one foreach lerp: no sync."""
+    AveragedModel's own update moves its counter to each device group every step, and the decay ramp
+    read it back: both wait for the GPU (the likely cause of the 0.9 ms per step by which hvdgan's step
+    trailed a plain loop at batch 128 on an H200, docs/benchmarks.md). Here the counter stays a CPU tensor
+    (AveragedModel's, so checkpoints keep its layout), the decay is worked out on the host, and each
+    (device, dtype) group is one foreach lerp: no sync."""
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__(model, use_buffers=True)  # (n_averaged: a CPU buffer)
