@@ -309,7 +309,9 @@ def test_documented_gpu_command_lines_parse():
                     assert opts[0] in ("--bundle", "--report", "--device") and len(opts) > 1, (doc, line)
                     assert opts[0] != "--device" or opts[1] in ("cuda", "cpu"), (doc, line)
                     opts = opts[2:]
-                assert set(env) <= {"HVDGAN_GPU_PYTHON", "HVDGAN_GPU_VENV", "HVDGAN_CACHE"}, (doc, line)
+                knobs = {"HVDGAN_GPU_PYTHON", "HVDGAN_GPU_VENV", "HVDGAN_CACHE", "HOROVOD_BUILD_CUDA_CC_LIST"}
+                assert set(env) <= knobs, (doc, line)
+                assert all(k in (ROOT / "scripts" / "gpu-check.sh").read_text().split("set -euo")[0] for k in env)
             else:
                 continue
             seen += 1
