@@ -59,6 +59,7 @@ CANDIDATES = {
     "resnet-tiny": dict(model="resnet", ngf=8, ndf=8, loss="hinge", beta1=0.0, beta2=0.9,
                         augment="translation,cutout"),
 }
+DEFAULT_CANDIDATES = ["dcgan-cond", "dcgan-cond-b32", "dcgan-cond-b16", "dcgan-cond-b8"]  # without --candidate
 RUN_KEYS = ("data", "out", "max_steps", "epochs", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
             "resume", "tensorboard", "device")  # the benchmark sets these itself
 
@@ -209,8 +210,7 @@ def main() -> None:
                     help="wall: wall-clock seconds; cpu: CPU seconds of each rank's training thread")
     ap.add_argument("--np", type=int, default=2, dest="np_")
     ap.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),
-                    help="built-in candidate(s) to add (default: dcgan-cond, dcgan-cond-b32, dcgan-cond-lr4, "
-                         "dcgan-cond-b32-lr4)")
+                    help=f"built-in candidate(s) to add (default: {', '.join(DEFAULT_CANDIDATES)})")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=SPEC",
                     help="extra setting: NAME=job.yaml or NAME=\"key: value, ...\" (over the old DCGAN demo)")
     ap.add_argument("--scorer", choices=sorted(SCORERS), default="fd8")
@@ -232,7 +232,7 @@ def main() -> None:
     settings = [("dcgan-demo", setting_values("dcgan-demo"))]
     if setting_values("demo") != settings[0][1]:
         settings.append(("demo", setting_values("demo")))
-    for name in args.candidate or ["dcgan-cond", "dcgan-cond-b32", "dcgan-cond-b16", "dcgan-cond-b8"]:
+    for name in args.candidate or DEFAULT_CANDIDATES:
         values = {**DCGAN_DEMO, **CANDIDATES[name]}
         same = [other for other, v in settings if v == values]
         if same:  # (the demo job holds a candidate since it moved to it: train it once)
