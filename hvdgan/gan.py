@@ -107,6 +107,13 @@ def last_device(model: nn.Module) -> torch.device:
     return list(model.parameters())[-1].device
 
 
+def adam_kernel(model: nn.Module) -> dict:
+    """Adam's implementation for a network: the fused kernel when all of it is on GPUs; elsewhere the
+    foreach one, which on the CPU gives bitwise the for-loop's (torch's CPU default) results in fewer,
+    larger ops (tests/test_gan.py)."""
+    return {"fused": True} if all(p.is_cuda for p in model.parameters()) else {"foreach": True}
+
+
 # ------------------------------------------------------------------------------------------ the GAN
 class GAN:
     """G, D, their Horovod optimizers and G's EMA; `step(real)` is one iteration of the loop."""
@@ -122,10 +129,8 @@ class GAN:
             counter = [0]
             syncbn.convert(G, counter)
             syncbn.convert(D, counter)
-        fused_g = all(p.is_cuda for p in G.parameters())
-        fused_d = all(p.is_cuda for p in D.parameters())
-        opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=settings.betas, fused=fused_g or None)
-        opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=settings.betas, fused=fused_d or None)
+        opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=settings.betas, **adam_kernel(G))
+        opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=settings.betas, **adam_kernel(D))
         compression = hvd.Compression.fp16 if settings.fp16_allreduce else hvd.Compression.none
         compression = layout.Contiguous(compression)  # channels_last gradients go as contiguous copies
         # hvd: both optimizers all-reduce their gradients; distinct name prefixes keep G's and D's apart

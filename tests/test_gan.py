@@ -1,11 +1,14 @@
-"""The GAN step's own parts (hvdgan/gan.py) that need no launcher: G's moving average."""
+"""The GAN step's own parts (hvdgan/gan.py) that need no launcher: G's moving average, Adam's kernel."""
+
+import copy
 
 import pytest
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from hvdgan.gan import EMA
+from hvdgan.gan import EMA, adam_kernel
+from hvdgan.models import Discriminator, Generator
 
 
 def tiny_g(device="cpu") -> nn.Module:
@@ -61,3 +64,29 @@ def test_ema_checkpoints_keep_averaged_models_layout():
     again = EMA(tiny_g(), 0.99)
     again.load_state_dict(ema.state_dict())
     assert int(again.n_averaged) == 2 and again.n_averaged.device.type == "cpu"
+
+
+def test_cpu_adam_kernel_gives_the_for_loops_results_bitwise():
+    """The GAN's CPU optimizers use Adam's foreach kernel, not torch's CPU default (a for-loop over the
+    parameters): the equivalence tests (ranks, resume, a plain loop) compare against that default, so
+    the two must agree to the bit over G and D's real layers."""
+    assert adam_kernel(tiny_g()) == {"foreach": True}
+    torch.manual_seed(0)
+    nets = [Generator(16, 8, 1, 32, num_classes=10), Discriminator(8, 1, 32, num_classes=10)]
+    start = [p.detach().clone() for net in nets for p in net.parameters()]
+    z, y, real = torch.randn(4, 16, 1, 1), torch.randint(0, 10, (4,)), torch.randn(4, 1, 32, 32)
+    results = []
+    for kernel in ({}, adam_kernel(nets[0])):
+        G, D = copy.deepcopy(nets)
+        opts = [torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.5, 0.999), **kernel) for m in (G, D)]
+        for _ in range(4):
+            loss = D(G(z, y), y).mean() - D(real, y).mean()
+            for opt in opts:
+                opt.zero_grad()
+            loss.backward()
+            for opt in opts:
+                opt.step()
+        results.append([p.detach().clone() for p in (*G.parameters(), *D.parameters())])
+    assert all(not torch.equal(a, s) for a, s in zip(results[0], start))  # every parameter moved
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
