@@ -1,7 +1,7 @@
 """Weak scaling on the two-node test cluster (issue 15), side by side in one run.
 
-`hvdgan train` of the digits demo job (batch 64 per rank, one thread per rank), started as a user would
-with `horovodrun --mpi` from node1 of tests/multinode_cluster.py:
+`hvdgan train` of the digits demo job at batch 64 per rank (pinned), one thread per rank, started as a
+user would with `horovodrun --mpi` from node1 of tests/multinode_cluster.py:
 
     np=2, one node      -H node1:2
     np=4, one node      -H node1:4            (the same 4 processes, no network between them)
@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 BIN = Path(sys.executable).parent
 
+BATCH = 64  # per rank, pinned: the demo job's own batch has changed (issue 13) and sets images/s and the step's size
 CONFIGS = {"np2-1node": (2, "node1:2"), "np4-1node": (4, "node1:4"), "np4-2nodes": (4, "node1:2,node2:2")}
 
 
@@ -42,8 +43,8 @@ def one_run(cluster, data: Path, out: Path, np_: int, hosts: str, steps: int, lo
     env["PATH"] = f"{cluster.root / 'bin'}:{BIN}:{env['PATH']}:/usr/sbin:/sbin"
     cmd = cluster.on("node1", [BIN / "horovodrun", "-np", str(np_), "-H", hosts, "--mpi", BIN / "hvdgan", "train",
                                "--job", "jobs/digits-demo.yaml", "--data", data, "--out", out, "--threads", "1",
-                               "--max-steps", str(steps), "--log-every", str(log_every), "--sample-every", "100000",
-                               "--checkpoint-every", "100000", "--no-tensorboard"])
+                               "--batch-size", str(BATCH), "--max-steps", str(steps), "--log-every", str(log_every),
+                               "--sample-every", "100000", "--checkpoint-every", "100000", "--no-tensorboard"])
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stderr[-3000:]}")
@@ -74,7 +75,7 @@ def main() -> None:
     print()
     print(f"{'configuration':14s} {'ms/step':>8s} {'img/s':>8s}")
     for name, (np_, _) in CONFIGS.items():
-        print(f"{name:14s} {1000 * med[name]:8.1f} {64 * np_ / med[name]:8.0f}")
+        print(f"{name:14s} {1000 * med[name]:8.1f} {BATCH * np_ / med[name]:8.0f}")
     print()
     print(f"weak-scaling efficiency np=4 (2 nodes) vs np=2 (1 node): {med['np2-1node'] / med['np4-2nodes']:.2f}"
           "  (2 cores for all: measures overhead, not speed-up)")
