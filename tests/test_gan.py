@@ -68,8 +68,9 @@ def test_ema_checkpoints_keep_averaged_models_layout():
 
 def test_cpu_adam_kernel_gives_the_for_loops_results_bitwise():
     """The GAN's CPU optimizers use Adam's foreach kernel, not torch's CPU default (a for-loop over the
-    parameters): the equivalence tests (ranks, resume, a plain loop) compare against that default, so
-    the two must agree to the bit over G and D's real layers."""
+    parameters). The two must agree to the bit over G and D's real layers, so that a CPU run computes what
+    a plain PyTorch loop with the default Adam (bench_train.py's, a user's own) and runs made before the
+    change compute."""
     assert adam_kernel(tiny_g()) == {"foreach": True}
     torch.manual_seed(0)
     nets = [Generator(16, 8, 1, 32, num_classes=10), Discriminator(8, 1, 32, num_classes=10)]

@@ -283,6 +283,7 @@ def test_documented_gpu_command_lines_parse():
 
     import gpu_bundle
 
+    script_header = (ROOT / "scripts" / "gpu-check.sh").read_text().split("set -euo")[0]  # its documented knobs
     seen = 0
     for doc in ("README.md", "docs/cluster.md", "docs/benchmarks.md"):
         text = (ROOT / doc).read_text()
@@ -311,7 +312,7 @@ def test_documented_gpu_command_lines_parse():
                     opts = opts[2:]
                 knobs = {"HVDGAN_GPU_PYTHON", "HVDGAN_GPU_VENV", "HVDGAN_CACHE", "HOROVOD_BUILD_CUDA_CC_LIST"}
                 assert set(env) <= knobs, (doc, line)
-                assert all(k in (ROOT / "scripts" / "gpu-check.sh").read_text().split("set -euo")[0] for k in env)
+                assert all(k in script_header for k in env), (doc, line)
             else:
                 continue
             seen += 1
