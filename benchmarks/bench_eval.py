@@ -5,7 +5,7 @@ run, and what a 10,000-image FID adds to a training run on this machine.
     .venv/bin/python benchmarks/bench_eval.py --images 64     # quicker, noisier
 
 1 rank uses every core (torch threads = cores); 2 ranks use cores / 2 threads each (as hvdgan train
-sets them), under horovodrun --gloo. The timed part is hvdgan.evaluate.generated_features: a DCGAN
+sets them), under horovodrun --gloo. The timed part is hvdgan.eval.evaluate.generated_features: a DCGAN
 generator (32x32, grey: the digits demo's) makes the images, Inception extracts their features, and
 Horovod gathers them; a warm-up batch runs first. On a GPU (when one is visible) the same on cuda:0,
 plus fp32 against bf16-autocast features: the relative FID difference says whether bf16 may be used.
@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 def worker(args) -> None:
     import torch
 
-    from hvdgan import distributed as dist
-    from hvdgan.evaluate import generated_features
-    from hvdgan.inception import InceptionFeatures
-    from hvdgan.models import Generator
+    from hvdgan.dist import horovod as dist
+    from hvdgan.eval.evaluate import generated_features
+    from hvdgan.eval.inception import InceptionFeatures
+    from hvdgan.models.dcgan import Generator
 
     dist.init()
     hvd = dist.hvd()
@@ -52,7 +52,7 @@ def worker(args) -> None:
     out = {"ranks": hvd.size(), "threads": args.threads, "images": args.images, "seconds": seconds,
            "images_per_s": args.images / seconds, "device": str(device)}
     if args.bf16 and hvd.rank() == 0:
-        from hvdgan import scores
+        from hvdgan.eval import scores
 
         with torch.autocast(device.type, dtype=torch.bfloat16):
             half = generated_features(G, args.images, ex, None, seed=2, batch_size=args.batch, progress=False)
@@ -86,8 +86,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from hvdgan import scores
-    from hvdgan.launch import Launch
+    from hvdgan.eval import scores
+    from hvdgan.dist.launch import Launch
 
     cores = os.cpu_count() or 1
     py, me = sys.executable, str(Path(__file__).resolve())

@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hvdgan.config import DataFacts, World, build as build_config, resolve  # noqa: E402
 from hvdgan.data import to_float  # noqa: E402
 from hvdgan.gan import GAN  # noqa: E402
-from hvdgan.models import Discriminator, Generator  # noqa: E402
-from hvdgan.placement import block_devices, describe, place  # noqa: E402
+from hvdgan.models.dcgan import Discriminator, Generator  # noqa: E402
+from hvdgan.models.placement import block_devices, describe, place  # noqa: E402
 
 BASELINE = {"cuda": "all-on-GPU", "cpu": "unplaced"}
 

@@ -10,7 +10,7 @@ each rank's training thread (`--clock cpu`: what wall-clock seconds are on an id
 per rank, without the time other jobs take from it). The checkpoint's
 generator (its EMA) is then scored against every real digit by a scorer (lower is better): `fid`, the
 Inception FID (with KID) of N samples measured by `hvdgan evaluate` on 2 ranks; `fd8`, the Frechet
-distance of 8x8 grey thumbnails (hvdgan.metrics; no Inception weights needed). A scorer is a function
+distance of 8x8 grey thumbnails (hvdgan.run.runlog; no Inception weights needed). A scorer is a function
 (checkpoint, data, N) -> (score, details): add one to SCORERS.
 
     .venv/bin/python benchmarks/bench_quality.py --scorer fid           # 180 s of training per setting
@@ -74,14 +74,14 @@ def real_stats8(data: str):
     import torch
 
     from hvdgan.data import read_all
-    from hvdgan.metrics import features8, gaussian
+    from hvdgan.run.runlog import features8, gaussian
 
     return gaussian(features8(torch.from_numpy(read_all(data)[0]).float().div(127.5).sub(1)))
 
 
 def fd8(checkpoint: str, data: str, n: int) -> tuple[float, dict]:
-    """The Frechet distance of 8x8 grey thumbnails (hvdgan.metrics) against every real digit."""
-    from hvdgan.metrics import features8, frechet_distance, gaussian
+    """The Frechet distance of 8x8 grey thumbnails (hvdgan.run.runlog) against every real digit."""
+    from hvdgan.run.runlog import features8, frechet_distance, gaussian
 
     fakes = generate(checkpoint, n, seed=12345)
     return frechet_distance(gaussian(features8(fakes)), real_stats8(data)), {}
@@ -109,7 +109,7 @@ def generate(checkpoint: str, n: int, seed: int):
     import torch
 
     from hvdgan.sample import load_generator
-    from hvdgan.zoo import num_classes
+    from hvdgan.models.zoo import num_classes
 
     G = load_generator(checkpoint, ema=True)
     classes = num_classes(G)
@@ -126,9 +126,9 @@ def generate(checkpoint: str, n: int, seed: int):
 # ------------------------------------------------------------------------------------------- worker
 def worker(args) -> None:
     """One rank: train the setting until the budget is spent (then stop as on a preemption)."""
-    from hvdgan import stop
+    from hvdgan.dist import stop
     from hvdgan.config import build
-    from hvdgan.train import train
+    from hvdgan.run.loop import train
 
     stop.install()  # USR1 ends the run as a preemption does (`hvdgan train` installs this in its CLI)
     values = json.loads(args.values)
@@ -147,7 +147,7 @@ def worker(args) -> None:
             time.sleep(0.2)
 
     timer = threading.Thread(target=watch, daemon=True)
-    import hvdgan.train as train_mod
+    import hvdgan.run.loop as train_mod
 
     real_run = train_mod.Trainer.run
 

@@ -16,7 +16,7 @@ a launcher's output tags (`[1,0]<stdout>:`) can land on the same line.
     .venv/bin/python benchmarks/bench_train.py --smoke    # tiny model, 1 round: checks that every path runs
     .venv/bin/python benchmarks/bench_train.py --model resnet --ngf 16 --ndf 16 --overhead-only   # 1. only
 
-    3. --stop-cost: the stop flag's price (hvdgan/stop.py: a 1-element allreduce submitted with D's
+    3. --stop-cost: the stop flag's price (hvdgan/dist/stop.py: a 1-element allreduce submitted with D's
        gradients every step): hvdgan at np=2 with and without it, alternating: target cost <= 1%
 """
 
@@ -44,7 +44,7 @@ def plain_worker(args) -> dict:
     from torch import nn
 
     from hvdgan.data import read_all
-    from hvdgan.zoo import build
+    from hvdgan.models.zoo import build
 
     hvd = None
     if args.horovod:
@@ -108,8 +108,8 @@ def hvdgan_worker(args) -> dict:
     """hvdgan's Trainer (reader, GAN step, metrics) with the same model and batch."""
 
     from hvdgan.config import build
-    from hvdgan.metrics import read_metrics
-    from hvdgan.train import Trainer
+    from hvdgan.run.runlog import read_metrics
+    from hvdgan.run.loop import Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench-hvdgan-"))
     cfg = build(dict(data=args.data, out=str(out), model=args.model, loss="bce", nz=args.nz, ngf=args.ngf,

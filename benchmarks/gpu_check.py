@@ -246,7 +246,7 @@ def step_placements(args, ctx):
 def make_gan(args, ctx, hvd, mixed: bool, batch: int, seed: int = 0):
     from hvdgan.config import GANSettings
     from hvdgan.gan import GAN
-    from hvdgan.models import Discriminator, Generator
+    from hvdgan.models.dcgan import Discriminator, Generator
 
     dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
     torch.manual_seed(seed)
@@ -321,7 +321,7 @@ class PlainLoop:
     channels_last, fused Adam; the same G, D, BCE-with-logits losses, batch and data."""
 
     def __init__(self, args, ctx, batch: int, mixed: bool):
-        from hvdgan.models import Discriminator, Generator
+        from hvdgan.models.dcgan import Discriminator, Generator
 
         self.dev = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
         torch.manual_seed(0)
@@ -421,7 +421,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    from hvdgan import distributed as dist
+    from hvdgan.dist import horovod as dist
 
     hvd = dist.hvd()
     steps = Steps(log)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from . import stop
+from .dist import stop
 
-# `hvdgan train`: USR1/TERM set the stop flag from the first moment on (hvdgan/stop.py), before anything slow
+# `hvdgan train`: USR1/TERM set the stop flag from the first moment on (hvdgan/dist/stop.py), before anything slow
 # is imported. Other commands keep the default (a signal ends them).
 if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
     stop.install()
@@ -163,7 +163,7 @@ def train(ctx, **values):
     Exit status: 0 finished; 75 stopped on USR1/TERM (resume with --resume auto);
     2 bad input or a training error (e.g. NaN); 1 a crash, e.g. another rank died.
     """
-    from .train import train as run_training
+    from .run.loop import train as run_training
 
     try:
         result = run_training(_config(ctx, values))
@@ -229,8 +229,8 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
     import json
     from pathlib import Path
 
-    from . import evaluate as evaluate_mod
-    from .scores import parse_metrics
+    from .eval import evaluate as evaluate_mod
+    from .eval.scores import parse_metrics
 
     try:
         names = parse_metrics(metrics)
@@ -271,7 +271,7 @@ def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, dry_run, job, extra
     Options after `--` go to `hvdgan train`, e.g.
         hvdgan launch --np 4 --launcher mpirun jobs/cifar10-dcgan64.yaml -- --max-steps 1000
     """
-    from . import launch as launch_mod
+    from .dist import launch as launch_mod
     from .config import load_job_file
 
     if np_ < 1:

@@ -67,7 +67,7 @@ class TrainConfig:
     # devices
     device: str = "auto"
     placement: str | None = None  # e.g. "G=gpu0,D=cpu" or "G=gpu0,D.trunk=gpu1,D.head=cpu"
-    threads: int | None = None  # torch intra-op threads per rank (default: hvdgan.resources.default_threads)
+    threads: int | None = None  # torch intra-op threads per rank (default: hvdgan.dist.resources.default_threads)
     amp: bool | None = None  # bf16 autocast (default: on for CUDA)
     channels_last: bool | None = None  # default: on for CUDA
     # observability and checkpoints
@@ -77,7 +77,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str = "none"  # none, auto (newest checkpoint in out/checkpoints) or a path
     tensorboard: bool = True  # write TensorBoard events when tensorboard is installed
-    # evaluation with Inception features (hvdgan/evaluate.py, docs/evaluation.md)
+    # evaluation with Inception features (hvdgan/eval/evaluate.py, docs/evaluation.md)
     eval_every: int = 0  # 0: off
     eval_num: int = 10_000  # generated images per evaluation
     eval_real_num: int | None = None  # reference images; None: the whole dataset
@@ -113,7 +113,7 @@ class TrainConfig:
                 bad(key, f"must be in [0, 1), got {getattr(self, key)}")
         if not self.r1 >= 0:
             bad("r1", f"must be >= 0, got {self.r1}")
-        from .augment import parse_policy
+        from .models.augment import parse_policy
 
         try:
             parse_policy(self.augment)
@@ -128,14 +128,14 @@ class TrainConfig:
         for key in ("eval_num", "eval_real_num"):
             if getattr(self, key) is not None and getattr(self, key) < 2:
                 bad(key, f"must be >= 2, got {getattr(self, key)}")
-        from .scores import parse_metrics
+        from .eval.scores import parse_metrics
 
         try:
             parse_metrics(self.eval_metrics)
         except ValueError as exc:
             bad("eval_metrics", str(exc).split(": ", 1)[-1])
         if self.placement:
-            from .placement import Placement
+            from .models.placement import Placement
 
             try:
                 Placement.parse(self.placement)
@@ -266,13 +266,13 @@ class World:
     size: int = 1
     local_rank: int = 0
     local_size: int = 1
-    cpu_threads: int = 1  # this rank's share of the CPUs its allocation gives it (hvdgan.resources)
+    cpu_threads: int = 1  # this rank's share of the CPUs its allocation gives it (hvdgan.dist.resources)
 
     @classmethod
     def from_horovod(cls) -> "World":
         """Collective: every rank calls it (the CPU affinities are gathered)."""
-        from .distributed import hvd
-        from .resources import default_threads
+        from .dist.horovod import hvd
+        from .dist.resources import default_threads
 
         h = hvd()
         return cls(h.rank(), h.size(), h.local_rank(), h.local_size(), default_threads(h))
@@ -323,7 +323,7 @@ class Resolved(TrainConfig):
 
     def to_dict(self) -> dict[str, Any]:
         """For config.json and checkpoints: the options as used, the world, the devices, the steps."""
-        from .placement import describe
+        from .models.placement import describe
 
         return {**{name: getattr(self, name) for name in FIELDS}, "world_size": self.world.size,
                 "devices": describe(self.devices), "channels": self.channels,
@@ -336,7 +336,7 @@ LR_SCALE = {"none": lambda n: 1.0, "linear": float, "sqrt": math.sqrt}
 
 def resolve(cfg: TrainConfig, world: World, data: DataFacts) -> Resolved:
     """Decide everything that depends on this rank's devices, the data and the world, once."""
-    from .placement import Placement, block_devices, default_device
+    from .models.placement import Placement, block_devices, default_device
 
     if cfg.image_size and cfg.image_size != data.image_size:
         raise HvdganError(f"--image-size {cfg.image_size} but {cfg.data} holds {data.image_size}x{data.image_size} "

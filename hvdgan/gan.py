@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from . import layout
-from .augment import DiffAugment
+from .dist import layout
+from .models.augment import DiffAugment
 from .config import GANSettings
-from .stats import Stats
+from .run.stats import Stats
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -125,7 +125,7 @@ class GAN:
     def __init__(self, G: nn.Module, D: nn.Module, settings: GANSettings, hvd):
         self.G, self.D, self.settings, self.hvd = G, D, settings, hvd
         if settings.sync_bn:  # hvd: BatchNorm statistics over all ranks
-            from . import syncbn
+            from .models import syncbn
 
             counter = [0]
             syncbn.convert(G, counter)
@@ -142,7 +142,7 @@ class GAN:
         self.broadcast()
         self.ema = EMA(G, settings.ema) if settings.ema > 0 else None
         self.noise_device = first_device(G)
-        self.stop_flag = None  # hvdgan.stop.StopFlag: submitted with D's gradients every D update
+        self.stop_flag = None  # hvdgan.dist.stop.StopFlag: submitted with D's gradients every D update
         self.real_device = first_device(D)
         self.loss_device = last_device(D)
         self.stats = Stats(self.STATS, self.loss_device)
@@ -194,7 +194,7 @@ class GAN:
         loss_d.backward()
         t1 = time.perf_counter()
         if self.stop_flag is not None:
-            self.stop_flag.submit()  # hvd: the stop flag (hvdgan/stop.py) rides in the cycle of D's gradients
+            self.stop_flag.submit()  # hvd: the stop flag (hvdgan/dist/stop.py) rides in the cycle of D's gradients
         self.opt_d.step()  # hvd: synchronize D's gradients, then Adam
         t2 = time.perf_counter()
         self.d_updates += 1

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import distributed as dist
+from .dist import horovod as dist
 from .errors import HvdganError
 
 
@@ -56,7 +56,7 @@ def rank_placement(spec: str | None, local_rank: int, local_size: int) -> dict:
     """What `--placement spec` gives this rank: {"devices": ..., "placement_gpus": [...]}, or
     {"placement_error": message}. Never raises: it runs before a collective that every rank must join."""
     try:
-        from .placement import Placement, block_devices, cuda_indices, default_device, describe
+        from .models.placement import Placement, block_devices, cuda_indices, default_device, describe
 
         devices = block_devices(Placement.parse(spec), local_rank, local_size, default_device("auto", local_rank),
                                 visible=dist.gpu_count())
@@ -102,7 +102,7 @@ def run(as_json: bool = False, placement: str | None = None) -> None:
     click.echo(f"  controllers  {', '.join(b['controllers'])} (in use: {world[0]['controller']})")
     click.echo(f"  tensor ops   {', '.join(b['tensor_operations'])}; CUDA built: {'yes' if b['cuda'] else 'no'}")
     click.echo(f"  GPUs         {', '.join(report['gpus']) or 'none'}")
-    from .topology import describe_nodes
+    from .dist.topology import describe_nodes
 
     click.echo(f"world: {len(world)} rank(s) on {describe_nodes(world)}")
     click.echo(table(world, ["rank", "local_rank", "size", "local_size", "host", "pid", "controller", "gpus"]))

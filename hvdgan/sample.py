@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint as ckpt
+from .run import checkpoint as ckpt
 from .errors import HvdganError
-from .metrics import save_grid
-from .zoo import generator_from_arch, grid_labels, num_classes
+from .run.runlog import save_grid
+from .models.zoo import generator_from_arch, grid_labels, num_classes
 
 
 def load_generator(path: str | Path, ema: bool = True) -> torch.nn.Module:

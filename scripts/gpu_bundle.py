@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # prepares synthetic data from a .npy file).
 NODE_PROVIDED = {"torch", "torchvision"}
 NOT_NEEDED = {"scikit-learn"}
-# imported at run time but only installed through scikit-learn in setup.cfg (hvdgan.metrics' Frechet distance)
+# imported at run time but only installed through scikit-learn in setup.cfg (hvdgan.run.runlog' Frechet distance)
 RUNTIME_EXTRA = ["scipy>=1.10"]
 # Horovod 0.28.1's own requirements (its setup.py) and what its build needs with --no-build-isolation
 HOROVOD_REQUIRES = ["cffi>=1.4.0", "cloudpickle", "psutil", "pyyaml", "packaging"]

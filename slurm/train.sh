@@ -110,7 +110,7 @@ case $launcher in
     done ;;
   *) say "error: HVDGAN_LAUNCHER=$launcher: use srun or mpirun"; exit 2 ;;
 esac
-# USR1 and TERM stay blocked (pending, not lost) until hvdgan train has its handlers (hvdgan/stop.py).
+# USR1 and TERM stay blocked (pending, not lost) until hvdgan train has its handlers (hvdgan/dist/stop.py).
 env --block-signal=USR1 true 2>/dev/null && cmd+=(env --block-signal=USR1,TERM)
 cmd+=(hvdgan train --job "$JOB" --resume auto "$@")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvdgan.launch import Launch, run
+from hvdgan.dist.launch import Launch, run
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

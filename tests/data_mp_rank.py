@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import torch
 
-from hvdgan import distributed
+from hvdgan.dist import horovod as distributed
 from hvdgan.data import ShardedReader
 
 root, out, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3])

@@ -1,4 +1,4 @@
-"""Runs alone or on every rank under a launcher: hvdgan.evaluate's distributed evaluation with a small,
+"""Runs alone or on every rank under a launcher: hvdgan.eval.evaluate's distributed evaluation with a small,
 deterministic feature network (no Inception), so that 1 and 2 ranks can be compared exactly.
 
     eval_worker.py DATA OUT.json
@@ -13,9 +13,9 @@ import sys
 import numpy as np
 import torch
 
-from hvdgan import distributed as dist
-from hvdgan.evaluate import Evaluator, generated_features
-from hvdgan.models import Generator
+from hvdgan.dist import horovod as dist
+from hvdgan.eval.evaluate import Evaluator, generated_features
+from hvdgan.models.dcgan import Generator
 
 
 class TinyFeatures:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import HVDGAN, ROOT, LAUNCHERS, launch, run_env
-from hvdgan.launch import Launch
+from hvdgan.dist.launch import Launch
 
 DEMO = ROOT / "jobs" / "digits-demo.yaml"
 N = 60  # steps of the reference job

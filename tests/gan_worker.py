@@ -23,10 +23,10 @@ import torch
 import horovod.torch as hvd
 import horovod.torch.optimizer as hvd_optimizer
 
-from hvdgan import distributed as dist
+from hvdgan.dist import horovod as dist
 from hvdgan.config import DataFacts, World, build, resolve
 from hvdgan.gan import GAN
-from hvdgan.zoo import build as build_nets
+from hvdgan.models.zoo import build as build_nets
 
 
 def flat(*models) -> torch.Tensor:
@@ -41,7 +41,7 @@ def settings(values, channels):
 
 
 def train(data, out, *opts):
-    from hvdgan.train import Trainer
+    from hvdgan.run.loop import Trainer
 
     values = dict(data=data, out=out, ngf=16, ndf=16, batch_size=16, max_steps=6, log_every=2,
                   sample_every=1000, checkpoint_every=1000, tensorboard=False)

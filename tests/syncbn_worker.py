@@ -9,7 +9,7 @@ from torch import nn
 
 import horovod.torch as hvd
 
-from hvdgan.syncbn import SyncBatchNorm
+from hvdgan.models.syncbn import SyncBatchNorm
 
 hvd.init()
 out, momentum = sys.argv[1], (None if sys.argv[2] == "none" else float(sys.argv[2]))

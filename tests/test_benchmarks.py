@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_env
-from hvdgan.launch import run
+from hvdgan.dist.launch import run
 
 BENCH = ROOT / "benchmarks"
 

@@ -1,4 +1,4 @@
-"""The configuration, resolved once (hvdgan.config.resolve), and the named statistics (hvdgan.stats)."""
+"""The configuration, resolved once (hvdgan.config.resolve), and the named statistics (hvdgan.run.stats)."""
 
 import dataclasses
 import math
@@ -9,7 +9,7 @@ import torch
 
 from hvdgan.config import DataFacts, World, build, resolve
 from hvdgan.errors import HvdganError
-from hvdgan.stats import Stats
+from hvdgan.run.stats import Stats
 
 DIGITS = DataFacts(channels=1, image_size=32, batches_per_epoch=28)
 

@@ -12,7 +12,7 @@ import pytest
 
 from hvdgan import data
 from hvdgan.data import write_dataset
-from hvdgan.launch import Launch, run
+from hvdgan.dist.launch import Launch, run
 
 pytestmark = pytest.mark.mp
 HERE = Path(__file__).parent

@@ -456,11 +456,11 @@ SAMPLE_ENV = ["HOROVOD_CYCLE_TIME", "NCCL_DEBUG", "HVDGAN_TRAIN_SEED", "HDF5_USE
 
 
 def test_train_sh_exports_what_launch_py_lists():
-    """hvdgan.launch.EXPORT_PREFIXES / EXPORT_NAMES are the list; slurm/train.sh must repeat it (bash): its
+    """hvdgan.dist.launch.EXPORT_PREFIXES / EXPORT_NAMES are the list; slurm/train.sh must repeat it (bash): its
     grep pattern has the same alternatives and, run by grep itself, selects the same names."""
     import subprocess
 
-    from hvdgan.launch import EXPORT_NAMES, EXPORT_PREFIXES, exported_names
+    from hvdgan.dist.launch import EXPORT_NAMES, EXPORT_PREFIXES, exported_names
 
     m = re.search(r"grep -E '(\^\(([^)']*)\))'", (ROOT / TRAIN_SH).read_text())
     assert m, f"{TRAIN_SH}: no `grep -E '^(...)'` selecting the variables mpirun exports"
@@ -474,7 +474,7 @@ def test_train_sh_exports_what_launch_py_lists():
 
 def test_docs_list_the_exported_variables_of_launch_py():
     """docs/cluster.md's `-x NAME` bullet names exactly EXPORT_PREFIXES (as `X*`) and EXPORT_NAMES."""
-    from hvdgan.launch import EXPORT_NAMES, EXPORT_PREFIXES
+    from hvdgan.dist.launch import EXPORT_NAMES, EXPORT_PREFIXES
 
     text = (ROOT / "docs" / "cluster.md").read_text()
     m = re.search(r"`-x NAME` for every (.*?) set when you run it", text, re.S)

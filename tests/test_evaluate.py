@@ -15,9 +15,12 @@ import torch
 
 import inception_files
 from conftest import ROOT, hvdgan, launch, run_env
-from hvdgan import evaluate, inception, metrics, scores
+from hvdgan.eval import evaluate
+from hvdgan.eval import inception
+from hvdgan.run import runlog as metrics
+from hvdgan.eval import scores
 from hvdgan.errors import HvdganError
-from hvdgan.metrics import read_metrics
+from hvdgan.run.runlog import read_metrics
 
 WORKER = str(ROOT / "tests" / "eval_worker.py")
 

@@ -147,7 +147,7 @@ def test_a_hung_rank_ends_the_job_within_the_stall_timeout(digits, tmp_path, lau
 
 
 def test_stall_timeout_setting(monkeypatch):
-    from hvdgan import watchdog
+    from hvdgan.dist import watchdog
     from hvdgan.errors import HvdganError
 
     monkeypatch.delenv(watchdog.ENV, raising=False)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import HVDGAN, ROOT, hvdgan, launch, versions_env
-from hvdgan.distributed import check_world
+from hvdgan.dist.horovod import check_world
 from hvdgan.errors import HvdganError
 
 LAUNCHER_NAMES = ["gloo", "mpi", "mpirun"]
@@ -35,7 +35,7 @@ def test_horovod_build_has_pytorch_mpi_gloo():
 
     assert hvd.mpi_built() and hvd.gloo_built()
     from conftest import BIN
-    from hvdgan.launch import run
+    from hvdgan.dist.launch import run
 
     out = run([str(BIN / "horovodrun"), "--check-build"], timeout=60, capture_output=True, text=True).stdout
     for name in ("PyTorch", "MPI", "Gloo"):
@@ -80,7 +80,7 @@ def test_world_guard_refuses_separate_size1_worlds():
 
 
 def test_launch_guard_runs_before_horovod_init():
-    from hvdgan.distributed import check_launch
+    from hvdgan.dist.horovod import check_launch
 
     with pytest.raises(HvdganError, match=r"srun --mpi=pmix"):
         check_launch({"SLURM_STEP_NUM_TASKS": "2"})  # plain srun: no launcher variables

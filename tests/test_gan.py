@@ -8,7 +8,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from hvdgan.gan import EMA, adam_kernel
-from hvdgan.models import Discriminator, Generator
+from hvdgan.models.dcgan import Discriminator, Generator
 
 
 def tiny_g(device="cpu") -> nn.Module:

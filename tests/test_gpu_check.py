@@ -219,12 +219,12 @@ def test_gpu_check_cpu_dry_run_from_the_bundle(node, bundle, tmp_path):
 
 
 def test_channels_last_tensors_go_through_horovod():
-    """Horovod refuses non-contiguous tensors; hvdgan.layout sends channels_last ones as contiguous copies
+    """Horovod refuses non-contiguous tensors; hvdgan.dist.layout sends channels_last ones as contiguous copies
     and puts the results back in their own layout (the GPU default; the dry run trains so on 2 ranks)."""
     import horovod.torch as hvd
     import torch
 
-    from hvdgan import layout
+    from hvdgan.dist import layout
 
     hvd.init()
     w = torch.randn(8, 4, 4, 4).to(memory_format=torch.channels_last)
@@ -260,7 +260,7 @@ def test_channels_last_training_on_two_ranks_matches_contiguous(digits, tmp_path
     does: the same weights after 3 steps up to rounding, measured against how far the weights moved."""
     import torch
 
-    from hvdgan.models import Discriminator, Generator
+    from hvdgan.models.dcgan import Discriminator, Generator
 
     common = ["train", "--data", digits, "--max-steps", "3", "--batch-size", "16", "--ngf", "8", "--ndf", "8",
               "--device", "cpu", "--log-every", "1", "--sample-every", "100", "--checkpoint-every", "3",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hvdgan import launch as L
+from hvdgan.dist import launch as L
 from hvdgan.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The launcher world (hvdgan.distributed.LAUNCHERS, one list): what `prepare` detects before Horovod starts, and
+"""The launcher world (hvdgan.dist.horovod.LAUNCHERS, one list): what `prepare` detects before Horovod starts, and
 the plain-srun guard, read the same variables. Checked on the real launchers: horovodrun (Gloo and MPI), Open
 MPI's mpirun, and srun --mpi=pmi2 / --mpi=pmix on the test Slurm cluster."""
 
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from conftest import launch, run_env
-from hvdgan.distributed import LAUNCHERS, check_launch, launcher_world
+from hvdgan.dist.horovod import LAUNCHERS, check_launch, launcher_world
 from hvdgan.errors import HvdganError
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
 # each rank writes what it detects to its own file (launchers interleave standard output)
-PROBE = ("import json, os, sys; from hvdgan.distributed import launcher_world; "
+PROBE = ("import json, os, sys; from hvdgan.dist.horovod import launcher_world; "
          "open(os.path.join(sys.argv[1], f'world-{os.getpid()}.json'), 'w').write(json.dumps(launcher_world()))")
 
 # rank 1 of 2 as each launcher writes it into the environment (PMIx: srun adds the Slurm step size)

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from conftest import ROOT, flat_state, hvdgan, launch, opt_tensors, run_env
-from hvdgan.launch import run
-from hvdgan import syncbn
-from hvdgan.augment import DiffAugment, parse_policy
+from hvdgan.dist.launch import run
+from hvdgan.models import syncbn
+from hvdgan.models.augment import DiffAugment, parse_policy
 from hvdgan.config import DataFacts, TrainConfig, World, resolve
 from hvdgan.config import build as build_config
 from hvdgan.errors import HvdganError
-from hvdgan.metrics import read_metrics
-from hvdgan.placement import block_devices, input_moves, place
-from hvdgan.models import ClassInput, CondBatchNorm2d, Discriminator, Generator
-from hvdgan.zoo import architecture, build, generator_from_arch
+from hvdgan.run.runlog import read_metrics
+from hvdgan.models.placement import block_devices, input_moves, place
+from hvdgan.models.dcgan import ClassInput, CondBatchNorm2d, Discriminator, Generator
+from hvdgan.models.zoo import architecture, build, generator_from_arch
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")
 TINY = ["--model", "resnet", "--ngf", "4", "--ndf", "4", "--nz", "16", "--batch-size", "16", "--log-every", "1",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, HVDGAN, ROOT, run_env
-from hvdgan.launch import run
+from hvdgan.dist.launch import run
 from multinode_cluster import IFACE, two_nodes, two_nodes_session  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
@@ -92,7 +92,7 @@ def final_weights(run_dir: Path, step: int = SLURM_STEPS) -> str:
 
 
 def train_steps(run_dir: Path) -> list[int]:
-    from hvdgan.metrics import read_metrics
+    from hvdgan.run.runlog import read_metrics
 
     return [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss_d" in r]
 

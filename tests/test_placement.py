@@ -12,12 +12,13 @@ from torch.optim.swa_utils import AveragedModel
 
 from conftest import HVDGAN, ROOT, flat_state, launch, opt_tensors
 from conftest import run_env as subprocess_env
-from hvdgan import info, syncbn
+from hvdgan import info
+from hvdgan.models import syncbn
 from hvdgan.errors import HvdganError
-from hvdgan.launch import run
-from hvdgan.metrics import read_metrics
-from hvdgan.models import Discriminator, Generator
-from hvdgan.placement import (MoveInput, Placement, block_devices, cuda_indices, describe, gpu_group, input_moves,
+from hvdgan.dist.launch import run
+from hvdgan.run.runlog import read_metrics
+from hvdgan.models.dcgan import Discriminator, Generator
+from hvdgan.models.placement import (MoveInput, Placement, block_devices, cuda_indices, describe, gpu_group, input_moves,
                               launcher_gave_own_gpus, place)
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")
@@ -317,9 +318,9 @@ def test_two_ranks_with_a_placement_keep_identical_parameters(digits, tmp_path):
 # several trainings in one process (one interpreter start instead of four; the same Trainer as `hvdgan train`)
 RUNS = """
 import json, shutil, sys
-from hvdgan import distributed as dist
+from hvdgan.dist import horovod as dist
 from hvdgan.config import build
-from hvdgan.train import Trainer
+from hvdgan.run.loop import Trainer
 dist.init()
 for run in json.loads(sys.argv[1]):
     if "copy" in run:

@@ -12,10 +12,10 @@ import torch
 
 from conftest import HVDGAN as HVDGAN_EXE
 from conftest import ROOT, hvdgan, launch, run_env
-from hvdgan import checkpoint as ckpt
-from hvdgan import resources
+from hvdgan.run import checkpoint as ckpt
+from hvdgan.dist import resources
 from hvdgan.errors import HvdganError
-from hvdgan.metrics import read_metrics
+from hvdgan.run.runlog import read_metrics
 
 SMALL = ["--ngf", "8", "--ndf", "8", "--batch-size", "16", "--log-every", "1", "--no-tensorboard",
          "--sample-every", "1000"]
@@ -150,7 +150,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
 import resource, signal, sys, torch
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 sys.path.insert(0, {str(ROOT)!r})
-from hvdgan import checkpoint as ckpt
+from hvdgan.run import checkpoint as ckpt
 from hvdgan.errors import HvdganError
 d = {str(tmp_path / 'c')!r}
 ckpt.save({{"G": {{"w": torch.ones(10)}}, "arch": {{}}}}, d, 1, keep=3)
@@ -223,7 +223,7 @@ def test_resume_across_world_and_batch_sizes(digits, tmp_path):
 
 
 def test_batch_size_change_continues_exactly():
-    from hvdgan.resume import resume_batch
+    from hvdgan.run.resume import resume_batch
 
     meta = {"batch": 6, "world_size": 2, "batch_size": 16, "epoch": 3, "batches_per_epoch": 56}
     assert resume_batch(meta, 2, 32, 28) == (3, None)  # 96 images done: batch 3 of 32, exactly

@@ -61,7 +61,7 @@ exec "$@"
         "scontrol": f"""#!/bin/bash
 echo "scontrol $*" >> {log}
 """,
-        # as hvdgan/stop.py: a handler, then unblock (train.sh starts the ranks with USR1/TERM blocked)
+        # as hvdgan/dist/stop.py: a handler, then unblock (train.sh starts the ranks with USR1/TERM blocked)
         "hvdgan": f"""#!{sys.executable}
 import signal, sys, time
 open("{log}", "a").write("hvdgan " + " ".join(sys.argv[1:]) + "\\n")
@@ -210,7 +210,7 @@ def submit_train(cluster, workdir: Path, args: list[str]) -> tuple[int, Path]:
 
 
 def train_steps(run: Path) -> list[int]:
-    from hvdgan.metrics import read_metrics
+    from hvdgan.run.runlog import read_metrics
 
     return [r["step"] for r in read_metrics(run / "metrics.jsonl") if "loss_d" in r]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import HVDGAN, ROOT, flat_state, hvdgan, launch, opt_tensors
-from hvdgan.metrics import read_metrics
+from hvdgan.run.runlog import read_metrics
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")
 SMALL = ["--ngf", "16", "--ndf", "16", "--batch-size", "16", "--log-every", "1", "--no-tensorboard"]

@@ -69,7 +69,7 @@ class ShardedReader:
         # a rank holds the shards its range touches: its share, plus the two shards it may share with neighbours
         most = (self.min_rank_samples + 2 * max(s.count for s in m.shards)) * m.bytes_per_image
         self.in_memory = bool(in_memory)
-        from ..resources import memory_budget  # (the job's memory on the node: cgroup, Slurm --mem or RAM)
+        from ..dist.resources import memory_budget  # (the job's memory on the node: cgroup, Slurm --mem or RAM)
 
         if in_memory and most > memory_budget(local_size):
             warnings.warn(f"{m.root}: a rank's shards ({most / 1e9:.1f} GB) do not fit in memory; streaming them")

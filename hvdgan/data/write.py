@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import distributed
+from ..dist import horovod as distributed
 from ..errors import HvdganError
 from .check import check_dataset, progress_bar
 from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, GZIP_LEVEL, LAYOUT, MANIFEST, SHARD_RE, VERSION, Manifest,
@@ -255,7 +255,7 @@ def prepare(source: str, out: str, shards: int | None = None, per_shard: int | N
             verify: bool = False, shuffle_seed: int | None = 0, progress: bool = True) -> str | None:
     """`hvdgan prepare`: open a source, write the dataset, optionally verify it. Returns the summary
     paragraph on rank 0 (None on other ranks)."""
-    from ..models import check_image_size
+    from ..models.dcgan import check_image_size
 
     if size is not None:
         check_image_size(size, "--size")

@@ -1,5 +1,5 @@
 """What a user looks at: metrics.jsonl, TensorBoard events, sample grids, the loss plot, and a simple
-quality measure (the Frechet distance of 8x8-downsampled images, with hvdgan.scores' formula)."""
+quality measure (the Frechet distance of 8x8-downsampled images, with hvdgan.eval.scores' formula)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .scores import frechet_distance, gaussian  # noqa: F401  (the one Frechet distance, shared with FID)
+from ..eval.scores import frechet_distance, gaussian  # noqa: F401  (the one Frechet distance, shared with FID)
 
 
 # ------------------------------------------------------------------------ Frechet distance (8x8)

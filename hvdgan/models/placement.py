@@ -27,8 +27,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .errors import HvdganError
-from .models import Discriminator, Generator
+from ..errors import HvdganError
+from .dcgan import Discriminator, Generator
 
 BLOCKS = {"G": Generator.BLOCKS, "D": Discriminator.BLOCKS}
 _DEVICE = re.compile(r"^(cpu|gpu(\d+))$")

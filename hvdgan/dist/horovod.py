@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 
-from .errors import HvdganError
+from ..errors import HvdganError
 
 
 def hvd():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import CondBatchNorm2d, check_image_size
+from .dcgan import CondBatchNorm2d, check_image_size
 
 
 def _norm(features: int, num_classes: int) -> nn.Module:

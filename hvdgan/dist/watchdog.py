@@ -17,7 +17,7 @@ import faulthandler
 import os
 import sys
 
-from .errors import HvdganError
+from ..errors import HvdganError
 
 ENV = "HVDGAN_STALL_TIMEOUT"
 DEFAULT_SECONDS = 300.0

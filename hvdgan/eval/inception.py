@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .errors import HvdganError
+from ..errors import HvdganError
 
 BUNDLED_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 BUNDLED_BYTES = 87_335_461

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, scores
-from .errors import HvdganError
+from ..dist import layout
+from . import scores
+from ..errors import HvdganError
 
 log = logging.getLogger("hvdgan")
 PROTOCOL = 1  # bump when the image -> feature pipeline changes (invalidates cached reference features)
@@ -133,7 +134,7 @@ def dataset_features(data, extractor, hvd=None, limit: int | None = None, progre
                      use_cache: bool = True) -> np.ndarray | None:
     """Features of the first min(limit, count) images of dataset `data` (collective under Horovod);
     the array on rank 0, None on the other ranks."""
-    from .data import open_manifest
+    from ..data import open_manifest
 
     rank, size = _rank_size(hvd)
     m = open_manifest(data)
@@ -262,7 +263,7 @@ class Evaluator:
 # ----------------------------------------------------------------------------------- hvdgan evaluate
 def find_checkpoint(target) -> Path:
     """A checkpoint file, or a run directory (its newest checkpoint)."""
-    from . import checkpoint as ckpt
+    from ..run import checkpoint as ckpt
 
     target = Path(target)
     if target.is_dir():
@@ -281,8 +282,8 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
         progress: bool = True, use_cache: bool = True) -> dict | None:
     """`hvdgan evaluate`: a checkpoint against its dataset, or two datasets against each other. Under a
     launcher every rank takes part; the result on rank 0 (None on the others)."""
-    from . import distributed as dist
-    from .placement import default_device
+    from ..dist import horovod as dist
+    from ..models.placement import default_device
 
     if bool(target) == (len(real) == 2) or len(real) not in (0, 2) or (real and data):
         raise HvdganError("give a CHECKPOINT_OR_RUN_DIR (with an optional --data DIR), or --real DIR_A --real DIR_B")
@@ -301,12 +302,12 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
         if hvd.rank() == 0:
             result.update(real_count=len(a), fake_count=len(b))
     else:
-        from .sample import load_generator
+        from ..sample import load_generator
 
         path = find_checkpoint(target)
         state_data = data
         if state_data is None:
-            from . import checkpoint as ckpt
+            from ..run import checkpoint as ckpt
 
             state_data = (ckpt.load(path).get("config") or {}).get("data")
             if not state_data:

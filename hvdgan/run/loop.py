@@ -14,17 +14,18 @@ import torch
 from . import checkpoint as ckpt
 from . import history
 from .resume import resume_batch, rng_state, set_rng_state
-from . import distributed as dist
-from . import stop, topology
-from .config import DataFacts, Resolved, TrainConfig, World, resolve
-from .data import ShardedReader, to_float
-from .errors import HvdganError
-from .gan import GAN
-from .metrics import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
-from .placement import default_device, describe, place
-from . import watchdog
-from .watchdog import Watchdog
-from .zoo import architecture, build, grid_labels
+from ..dist import horovod as dist
+from ..dist import stop
+from ..dist import topology
+from ..config import DataFacts, Resolved, TrainConfig, World, resolve
+from ..data import ShardedReader, to_float
+from ..errors import HvdganError
+from ..gan import GAN
+from .runlog import RunLog, features8, frechet_distance, gaussian, plot_losses, save_grid
+from ..models.placement import default_device, describe, place
+from ..dist import watchdog
+from ..dist.watchdog import Watchdog
+from ..models.zoo import architecture, build, grid_labels
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
@@ -89,7 +90,7 @@ class Trainer:
         self.best_fid = float("inf")  # of the --eval-every evaluations (kept in checkpoints)
         self.evaluator = None
         if cfg.eval_every:  # reference features now (cached beside the data), so a bad weights file fails early
-            from .evaluate import for_training
+            from ..eval.evaluate import for_training
 
             self.evaluator = for_training(cfg, hvd, default_device(cfg.device, cfg.world.local_rank))
         self._resume()
@@ -328,7 +329,7 @@ class Trainer:
         self.runlog.write({"step": self.step, "epoch": self.epoch, "fd8": fd})
 
     def evaluate(self) -> None:
-        """Every rank: Inception metrics of G's EMA (hvdgan/evaluate.py); a new best FID -> ckpt-best.pt."""
+        """Every rank: Inception metrics of G's EMA (hvdgan/eval/evaluate.py); a new best FID -> ckpt-best.pt."""
         result = self.evaluator.evaluate(self.gan)
         if self.root:
             self.runlog.write({"step": self.step, "epoch": self.epoch, **result})

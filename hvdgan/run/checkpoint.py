@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 import torch
 
-from .errors import HvdganError
+from ..errors import HvdganError
 
 log = logging.getLogger("hvdgan")
 NAME = re.compile(r"^ckpt-(\d{8})\.pt$")

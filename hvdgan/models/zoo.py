@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import models, resnet
-from .errors import HvdganError
+from . import dcgan as models
+from . import resnet
+from ..errors import HvdganError
 
 MODELS = ("dcgan", "resnet")
 

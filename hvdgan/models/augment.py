@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import HvdganError
+from ..errors import HvdganError
 
 OPS = ("color", "translation", "cutout")
 

@@ -1,6 +1,6 @@
 """DCGAN generator and discriminator (the seed's architecture), for 32x32 and 64x64 images.
 
-Each network is an nn.Sequential of named blocks, so that placement (hvdgan.placement) can put
+Each network is an nn.Sequential of named blocks, so that placement (hvdgan.models.placement) can put
 blocks on different devices by name:
 
     Generator:      stem (z -> 4x4), body (upsampling), out (to image, tanh)
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import HvdganError
+from ..errors import HvdganError
 
 SIZES = (32, 64)
 
@@ -35,7 +35,7 @@ def _levels(image_size: int) -> int:
 
 
 class CondBatchNorm2d(nn.Module):
-    """BatchNorm2d without its own affine (so hvdgan.syncbn converts it like any BatchNorm), then a
+    """BatchNorm2d without its own affine (so hvdgan.models.syncbn converts it like any BatchNorm), then a
     per-class gain and bias looked up from embeddings."""
 
     def __init__(self, features: int, num_classes: int):

@@ -1,0 +1,10 @@
+"""Horovod and the processes of a run: one module a job.
+
+    horovod    hvd.init() with hvdgan's defaults, the launcher checks (plain srun), build facts
+    launch     launcher command lines (horovodrun, mpirun, srun) for `hvdgan launch` and the tests
+    resources  what a rank may use of its node: CPU threads and memory, as the allocation says
+    layout     channels_last tensors through Horovod's collectives (contiguous copies)
+    stop       USR1/TERM: every rank stops at the same step, with a checkpoint (exit 75)
+    watchdog   a hung rank ends the job instead of hanging it
+    topology   where the ranks are (world.json) and whether their parameters still agree
+"""

@@ -1,0 +1,11 @@
+"""The networks and where they run: one module a job.
+
+    dcgan      the seed's DCGAN G and D (32x32 and 64x64) and the image sizes the models take
+    resnet     SNGAN/BigGAN-style residual G and D, optionally class-conditional
+    zoo        the families by name (`--model`): build, describe for checkpoints, rebuild from one
+    placement  model parallelism inside a node: G, D or their blocks on devices (`--placement`)
+    syncbn     SyncBatchNorm over Horovod that also runs on the CPU (`--sync-bn`)
+    augment    DiffAugment, D's differentiable input augmentations (`--augment`)
+
+Nothing here imports Horovod: the networks are plain PyTorch modules.
+"""
