@@ -1,4 +1,4 @@
-"""A real two-node cluster on this one machine, for the multi-node tests (issue 15).
+"""A real two-node cluster on this one machine, for the multi-node tests.
 
 Each node is a network namespace (`ip netns add`) with its own UTS namespace (hostname `node1`, `node2`), its
 own address on a veth pair whose host end is on a bridge in the host's namespace, and its own /etc/hosts

@@ -3,7 +3,7 @@
 The figures of these runs mean nothing (tiny models, one short round, a loaded machine); what is checked is
 that each script gets through every configuration it times, hands its results back and prints its summary.
 bench_train.py's workers hand their results back as files: the test runs its horovodrun --mpi and --gloo
-configurations, whose output tags used to break the parsing of stdout (issue 9, item 5).
+configurations, whose output tags used to break the parsing of stdout.
 """
 
 from __future__ import annotations

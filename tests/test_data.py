@@ -1,4 +1,4 @@
-"""Sharded HDF5 datasets (issue 3): format, writer, sources, checker, reader. Real files, no mocks; small data."""
+"""Sharded HDF5 datasets: format, writer, sources, checker, reader. Real files, no mocks; small data."""
 
 from __future__ import annotations
 
@@ -455,7 +455,7 @@ def test_equal_batches_for_uneven_shards(tmp_path, size):
 
 
 def test_an_epoch_is_one_pass_whatever_the_shard_sizes(tmp_path):
-    """Issue 11: 3,010 images in shards of 1000, 1000, 1000 and 10 on 4 ranks with batch 8 used 32 images an
+    """3,010 images in shards of 1000, 1000, 1000 and 10 on 4 ranks with batch 8 used 32 images an
     epoch when whole shards were dealt; dealing images uses all but fewer than 4 x 8."""
     x = make_images(3010)
     m = write_dataset(tmp_path / "u", x, None, per_shard=1000)

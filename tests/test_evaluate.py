@@ -1,5 +1,5 @@
-"""Issue 12: FID, KID, precision/recall; Inception weights; distributed evaluation; training integration.
-(Also issue 11 item 9: one Frechet distance, no deprecated SciPy call.)"""
+"""FID, KID, precision/recall; Inception weights; distributed evaluation; training integration.
+One Frechet distance, no deprecated SciPy call."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Issue 10 outside Slurm (the Slurm side: tests/test_slurm_signals.py).
+"""Signals, dead and hung ranks outside Slurm (the Slurm side: tests/test_slurm_signals.py).
 
 - USR1/TERM to one rank at any moment: every rank stops after the same step, with a checkpoint of the last
   completed step, exit status 75; `--resume auto` then ends with the same parameters as an uninterrupted run.

@@ -1,4 +1,4 @@
-"""Issue 2: the install is real (Horovod with PyTorch, MPI and Gloo), and collectives span both ranks
+"""The install is real (Horovod with PyTorch, MPI and Gloo), and collectives span both ranks
 under every launcher we support."""
 
 import configparser

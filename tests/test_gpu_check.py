@@ -1,4 +1,4 @@
-"""`make gpu-bundle` and `make gpu-check` without a GPU (issue 14): the bundle's contents, size and checksums
+"""`make gpu-bundle` and `make gpu-check` without a GPU: the bundle's contents, size and checksums
 (built once from the package index), installing from it into a fresh environment with no index, the
 report's format, and the CPU dry run of the whole gpu-check sequence."""
 

@@ -1,4 +1,4 @@
-"""Issue 15: hvdgan on two nodes, as a user runs it, on a real two-node cluster started by the tests
+"""hvdgan on two nodes, as a user runs it, on a real two-node cluster started by the tests
 (tests/multinode_cluster.py: two network namespaces node1 and node2, each with slurmd and sshd).
 
 Every run is 4 ranks, 2 per node, and is checked the same way from what `hvdgan train` writes:

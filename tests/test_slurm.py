@@ -1,4 +1,4 @@
-"""Issue 6 on a real Slurm: `srun --mpi=pmix`, the plain-srun guard, and `sbatch slurm/train.sh` (a run equal to
+"""hvdgan on a real Slurm: `srun --mpi=pmix`, the plain-srun guard, and `sbatch slurm/train.sh` (a run equal to
 horovodrun's, and preemption: USR1 -> checkpoint -> requeue -> resume, no step lost or repeated).
 
 The cluster (tests/slurm_cluster.py) starts once per session in about a second; it needs Debian's slurmctld,
@@ -187,7 +187,7 @@ def test_sbatch_srun_pmix_info_is_one_two_rank_world(slurm_cluster, tmp_path):
 
 @pytest.mark.slurm
 def test_plain_srun_is_refused_by_the_guard(slurm_cluster):
-    """Plain srun (no PMIx) starts two size-1 worlds: hvdgan must say so and fail (issue 2's guard)."""
+    """Plain srun (no PMIx) starts two size-1 worlds: hvdgan must say so and fail."""
     proc = slurm_cluster.run(["srun", "-n", "2", HVDGAN, "info"], env=job_env(slurm_cluster), timeout=240,
                              check=False)
     out = proc.stdout + proc.stderr

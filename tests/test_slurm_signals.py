@@ -1,4 +1,4 @@
-"""Issue 10 on the real one-node Slurm (tests/slurm_cluster.py): every way Slurm ends a job early, through
+"""Signals on the real one-node Slurm (tests/slurm_cluster.py): every way Slurm ends a job early, through
 `sbatch slurm/train.sh`, each checked for a checkpoint of the last completed step, the requeue (or not)
 that docs/cluster.md promises, and, once the job is finished, the same parameters as an uninterrupted run.
 

@@ -21,19 +21,17 @@ checkpoint is the newest, and `--resume auto` continues it. docs/cluster.md list
 from __future__ import annotations
 
 import signal
-import time
 
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: stopped on a signal, resume with --resume auto
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 
 _received = 0  # the first signal number received (0: none)
-_received_at = 0.0  # its time.monotonic()
 
 
 def _handle(signum, frame) -> None:
-    global _received, _received_at
+    global _received
     if not _received:
-        _received, _received_at = signum, time.monotonic()
+        _received = signum
 
 
 def install() -> None:
@@ -56,10 +54,6 @@ def ignore_from_now() -> None:
 def received() -> int:
     """The signal that asked this process to stop (0: none)."""
     return _received
-
-
-def seconds_since_signal() -> float:
-    return time.monotonic() - _received_at if _received else 0.0
 
 
 def name(signum: int) -> str:

@@ -52,9 +52,8 @@ class CondBatchNorm2d(nn.Module):
 
 class ClassInput(nn.Module):
     """A conditional DCGAN's input: z with a learnt class embedding appended (as cDCGAN's one-hot label,
-    or BigGAN's shared embedding concatenated with z). Small at first (std 0.1): measured on the digits,
-    an embedding as large as z (std 1) made G ignore z within a class, while std 0.1 kept most of the
-    variety and still conditioned within 500 steps (docs/benchmarks.md)."""
+    or BigGAN's shared embedding concatenated with z). Small at first (std 0.1), so that G does not learn
+    to ignore z within a class before it has learnt to use it (the measurement: docs/benchmarks.md)."""
 
     def __init__(self, nz: int, num_classes: int):
         super().__init__()

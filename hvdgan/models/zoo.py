@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dcgan as models
+from . import dcgan
 from . import resnet
 from ..errors import HvdganError
 
@@ -18,8 +18,8 @@ def build(model: str, nz: int, ngf: int, ndf: int, channels: int, image_size: in
     """(G, D) of a family; num_classes > 0 makes them class-conditional (conditional BatchNorm in G, a
     projection discriminator)."""
     if model == "dcgan":
-        return (models.Generator(nz, ngf, channels, image_size, num_classes),
-                models.Discriminator(ndf, channels, image_size, spectral_norm, num_classes))
+        return (dcgan.Generator(nz, ngf, channels, image_size, num_classes),
+                dcgan.Discriminator(ndf, channels, image_size, spectral_norm, num_classes))
     if model == "resnet":
         return (resnet.ResNetGenerator(nz, ngf, channels, image_size, num_classes),
                 resnet.ResNetDiscriminator(ndf, channels, image_size, num_classes))
@@ -29,14 +29,14 @@ def build(model: str, nz: int, ngf: int, ndf: int, channels: int, image_size: in
 def architecture(net: nn.Module) -> dict:
     if isinstance(net, (resnet.ResNetGenerator, resnet.ResNetDiscriminator)):
         return resnet.architecture(net)
-    return models.architecture(net)  # (DCGAN's record has no "model" key: older checkpoints still match)
+    return dcgan.architecture(net)  # (DCGAN's record has no "model" key: older checkpoints still match)
 
 
 def generator_from_arch(arch: dict) -> nn.Module:
     if arch.get("model", "dcgan") == "resnet":
         return resnet.ResNetGenerator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"],
                                       arch.get("num_classes", 0))
-    return models.Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"], arch.get("num_classes", 0))
+    return dcgan.Generator(arch["nz"], arch["ngf"], arch["channels"], arch["image_size"], arch.get("num_classes", 0))
 
 
 def num_classes(G: nn.Module) -> int:
