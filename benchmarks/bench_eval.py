@@ -32,22 +32,22 @@ sys.path.insert(0, str(ROOT))
 def worker(args) -> None:
     import torch
 
-    from hvdgan.dist import horovod as dist
+    from hvdgan.dist.world import World
     from hvdgan.eval.evaluate import generated_features
     from hvdgan.eval.inception import InceptionFeatures
     from hvdgan.models.dcgan import Generator
 
-    dist.init()
-    hvd = dist.hvd()
+    world = World.from_horovod(threads=False)
+    hvd = world.hvd
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     G = Generator(100, 64, 1, 32).to(device).eval()
     ex = InceptionFeatures(None, device, batch_size=args.batch)
-    generated_features(G, 2 * hvd.size(), ex, hvd, seed=1, batch_size=2, progress=False)  # warm-up
+    generated_features(G, 2 * hvd.size(), ex, world, seed=1, batch_size=2, progress=False)  # warm-up
     hvd.allreduce(torch.zeros(1), name="bench.barrier")
     t0 = time.perf_counter()
-    feats = generated_features(G, args.images, ex, hvd, seed=2, batch_size=args.batch, progress=False)
+    feats = generated_features(G, args.images, ex, world, seed=2, batch_size=args.batch, progress=False)
     seconds = time.perf_counter() - t0
     out = {"ranks": hvd.size(), "threads": args.threads, "images": args.images, "seconds": seconds,
            "images_per_s": args.images / seconds, "device": str(device)}
@@ -55,8 +55,8 @@ def worker(args) -> None:
         from hvdgan.eval import scores
 
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            half = generated_features(G, args.images, ex, None, seed=2, batch_size=args.batch, progress=False)
-        ref = generated_features(G, args.images, ex, None, seed=3, batch_size=args.batch, progress=False)
+            half = generated_features(G, args.images, ex, World(), seed=2, batch_size=args.batch, progress=False)
+        ref = generated_features(G, args.images, ex, World(), seed=3, batch_size=args.batch, progress=False)
         f32 = scores.frechet_distance(scores.gaussian(ref), scores.gaussian(feats))
         bf16 = scores.frechet_distance(scores.gaussian(ref), scores.gaussian(half))
         out["fid_fp32"], out["fid_bf16"], out["bf16_relative_diff"] = f32, bf16, abs(bf16 - f32) / f32

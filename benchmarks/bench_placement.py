@@ -43,7 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hvdgan.config import DataFacts, World, build as build_config, resolve  # noqa: E402
+from hvdgan.config import DataFacts, build as build_config, resolve  # noqa: E402
+from hvdgan.dist.world import World  # noqa: E402
 from hvdgan.data import to_float  # noqa: E402
 from hvdgan.gan import GAN  # noqa: E402
 from hvdgan.models.dcgan import Discriminator, Generator  # noqa: E402

@@ -128,7 +128,7 @@ def worker(args) -> None:
     """One rank: train the setting until the budget is spent (then stop as on a preemption)."""
     from hvdgan.dist import stop
     from hvdgan.config import build
-    from hvdgan.run.loop import train
+    from hvdgan.run.loop import Trainer, setup_logging
 
     stop.install()  # USR1 ends the run as a preemption does (`hvdgan train` installs this in its CLI)
     values = json.loads(args.values)
@@ -146,23 +146,16 @@ def worker(args) -> None:
                 return
             time.sleep(0.2)
 
-    timer = threading.Thread(target=watch, daemon=True)
-    import hvdgan.run.loop as train_mod
-
-    real_run = train_mod.Trainer.run
-
-    def run_with_budget(self):  # the timer starts once the trainer is built (and its signal handler is set)
-        t0, c0 = time.perf_counter(), time.process_time()
-        timer.start()
-        try:
-            return real_run(self)
-        finally:
-            if self.root:
-                Path(args.out, "wall.json").write_text(json.dumps(
-                    {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
-
-    train_mod.Trainer.run = run_with_budget
-    train(cfg)
+    setup_logging()
+    trainer = Trainer(cfg)  # (the timer starts once the trainer is built and its signal handler is set)
+    t0, c0 = time.perf_counter(), time.process_time()
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        trainer.run()
+    finally:
+        if trainer.world.root:
+            Path(args.out, "wall.json").write_text(json.dumps(
+                {"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0}))
 
 
 # --------------------------------------------------------------------------------------------- main

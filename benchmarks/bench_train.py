@@ -115,24 +115,27 @@ def hvdgan_worker(args) -> dict:
     cfg = build(dict(data=args.data, out=str(out), model=args.model, loss="bce", nz=args.nz, ngf=args.ngf,
                      ndf=args.ndf, batch_size=args.batch, max_steps=args.window * args.windows, log_every=args.window, sample_every=10**9,
                      checkpoint_every=10**9, tensorboard=False, threads=args.threads, device="cpu"))
-    trainer = Trainer(cfg)
-    flag_time = [0.0]
-    if args.no_stop_flag:
-        trainer.gan.stop_flag = None  # no flag submitted: poll() finds nothing, signals are then ignored
-    else:  # the time the loop spends in the flag's own calls (submit before opt_d.step, poll after the step)
-        def timed_call(fn):
-            def call(*a, **k):
-                t0 = time.perf_counter()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    flag_time[0] += time.perf_counter() - t0
-            return call
+    from hvdgan.dist.stop import StopFlag
 
-        trainer.stop.submit = timed_call(trainer.stop.submit)
-        trainer.stop.poll = timed_call(trainer.stop.poll)
+    flag_time = [0.0]
+
+    class TimedStopFlag(StopFlag):  # the time the loop spends in the flag's own calls (submit, then poll)
+        def submit(self):
+            t0 = time.perf_counter()
+            super().submit()
+            flag_time[0] += time.perf_counter() - t0
+
+        def poll(self):
+            t0 = time.perf_counter()
+            try:
+                return super().poll()
+            finally:
+                flag_time[0] += time.perf_counter() - t0
+
+    # without the flag: nothing submitted, nothing polled (signals are then ignored)
+    trainer = Trainer(cfg, stop_flag=None if args.no_stop_flag else TimedStopFlag)
     trainer.run()
-    if trainer.rank != 0:
+    if not trainer.world.root:
         return {}
     windows = [r["time_step"] for r in read_metrics(out / "metrics.jsonl") if "time_step" in r]
     shutil.rmtree(out, ignore_errors=True)

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .dist.world import World
 from .errors import HvdganError
 
 CHOICES = {
@@ -258,26 +259,6 @@ def build(values: dict[str, Any], where="options") -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------ resolution
-@dataclass(frozen=True)
-class World:
-    """This rank's place in the Horovod world."""
-
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    local_size: int = 1
-    cpu_threads: int = 1  # this rank's share of the CPUs its allocation gives it (hvdgan.dist.resources)
-
-    @classmethod
-    def from_horovod(cls) -> "World":
-        """Collective: every rank calls it (the CPU affinities are gathered)."""
-        from .dist.horovod import hvd
-        from .dist.resources import default_threads
-
-        h = hvd()
-        return cls(h.rank(), h.size(), h.local_rank(), h.local_size(), default_threads(h))
-
-
 @dataclass(frozen=True)
 class DataFacts:
     """What the run needs to know of its dataset (the reader checked it: square, 32 or 64, >= 1 batch)."""

@@ -13,7 +13,6 @@ The Horovod lines are marked `# hvd:`. Everything else is plain PyTorch.
 from __future__ import annotations
 
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 from .dist import layout
 from .models.augment import DiffAugment
 from .config import GANSettings
-from .run.stats import Stats
+from .run.stats import Stats, Stopwatch
 
 
 # ----------------------------------------------------------------------------------------- losses
@@ -71,8 +70,7 @@ class EMA(AveragedModel):
     ~1/(1 - decay) steps (as TensorFlow's ExponentialMovingAverage with num_updates).
 
     AveragedModel's own update moves its counter to each device group every step, and the decay ramp
-    read it back: both wait for the GPU (the likely cause of the 0.9 ms per step by which hvdgan's step
-    trailed a plain loop at batch 128 on an H200, docs/benchmarks.md). Here the counter stays a CPU tensor
+    read it back: both wait for the GPU, which a small-batch GPU step cannot afford. Here the counter stays a CPU tensor
     (AveragedModel's, so checkpoints keep its layout), the decay is worked out on the host, and each
     (device, dtype) group is one foreach lerp: no sync."""
 
@@ -110,8 +108,7 @@ def last_device(model: nn.Module) -> torch.device:
 def adam_kernel(model: nn.Module) -> dict:
     """Adam's implementation for a network: the fused kernel when all of it is on GPUs; elsewhere the
     foreach one, which on the CPU gives bitwise the for-loop's (torch's CPU default) results in fewer,
-    larger ops (tests/test_gan.py): the demo's G and D step in 1.16 ms instead of 1.49 ms on the 2-core VM.
-    (The CPU's fused kernel, 0.42 ms, is not bitwise the for-loop.)"""
+    larger ops (tests/test_gan.py). (The CPU's fused kernel is faster still, but not bitwise the for-loop.)"""
     return {"fused": True} if all(p.is_cuda for p in model.parameters()) else {"foreach": True}
 
 
@@ -122,7 +119,10 @@ class GAN:
     # the statistics of a log window (summed on the loss device; averaged over ranks at log time)
     STATS = ("loss_d", "d_real", "d_fake", "loss_g", "d_fake_after", "time_compute", "time_allreduce_wait")
 
-    def __init__(self, G: nn.Module, D: nn.Module, settings: GANSettings, hvd):
+    def __init__(self, G: nn.Module, D: nn.Module, settings: GANSettings, hvd, stop_flag=None,
+                 rng: torch.Generator | None = None):
+        """`stop_flag`: hvdgan.dist.stop.StopFlag, submitted with D's gradients every D update (None: none).
+        `rng`: the generator of DiffAugment's draws (the rank's noise stream, saved with checkpoints)."""
         self.G, self.D, self.settings, self.hvd = G, D, settings, hvd
         if settings.sync_bn:  # hvd: BatchNorm statistics over all ranks
             from .models import syncbn
@@ -142,13 +142,13 @@ class GAN:
         self.broadcast()
         self.ema = EMA(G, settings.ema) if settings.ema > 0 else None
         self.noise_device = first_device(G)
-        self.stop_flag = None  # hvdgan.dist.stop.StopFlag: submitted with D's gradients every D update
+        self.stop_flag = stop_flag
         self.real_device = first_device(D)
         self.loss_device = last_device(D)
         self.stats = Stats(self.STATS, self.loss_device)
         self.d_updates = 0
         self.augment = DiffAugment(settings.augment)  # the identity without --augment
-        self.rng = None  # the augmentations' generator (the trainer sets its per-rank noise generator)
+        self.rng = rng
         self.bad_step = torch.zeros((), dtype=torch.float64, device=self.loss_device)  # first non-finite step
 
     def broadcast(self) -> None:
@@ -176,7 +176,7 @@ class GAN:
         """One D update on `real`; a G update too on every `d_steps`-th call (returns whether G stepped).
         `step` is the G step this belongs to, remembered if a loss is not finite (checked at log time,
         without a device sync here). `y`: the batch's class labels (conditional); the fakes take them."""
-        settings, stats, t0 = self.settings, self.stats, time.perf_counter()
+        settings, stats, watch = self.settings, self.stats, Stopwatch()
         cond, aug = (() if y is None else (y,)), (lambda x: self.augment(x, self.rng))
         r1_due = settings.r1 > 0 and self.d_updates % settings.r1_every == 0
         # 1. fakes from noise
@@ -192,11 +192,10 @@ class GAN:
         # 3. D's update: backward starts D's allreduces (hvd hooks), step() waits for them
         self.opt_d.zero_grad()  # (set_to_none, the torch default)
         loss_d.backward()
-        t1 = time.perf_counter()
-        if self.stop_flag is not None:
-            self.stop_flag.submit()  # hvd: the stop flag (hvdgan/dist/stop.py) rides in the cycle of D's gradients
-        self.opt_d.step()  # hvd: synchronize D's gradients, then Adam
-        t2 = time.perf_counter()
+        with watch.waiting():
+            if self.stop_flag is not None:
+                self.stop_flag.submit()  # hvd: the stop flag (hvdgan/dist/stop.py) rides in the cycle of D's gradients
+            self.opt_d.step()  # hvd: synchronize D's gradients, then Adam
         self.d_updates += 1
         g_stepped = self.d_updates % settings.d_steps == 0
         with torch.no_grad():
@@ -204,7 +203,6 @@ class GAN:
             stats.add("d_real", torch.sigmoid(real_logits).mean())
             stats.add("d_fake", torch.sigmoid(fake_logits).mean())
             losses = [loss_d]
-        t3 = t4 = t2
         if g_stepped:
             # 4. G's loss through D, D frozen: only G's gradients are computed and all-reduced
             with frozen(self.D), self.autocast():
@@ -212,10 +210,9 @@ class GAN:
                 loss_g = g_loss(settings.loss, gen_logits)
             self.opt_g.zero_grad()  # (set_to_none, the torch default)
             loss_g.backward()
-            t3 = time.perf_counter()
             # 5. G's update and its moving average
-            self.opt_g.step()  # hvd: synchronize G's gradients, then Adam
-            t4 = time.perf_counter()
+            with watch.waiting():
+                self.opt_g.step()  # hvd: synchronize G's gradients, then Adam
             if self.ema is not None:
                 self.ema.update_parameters(self.G)
             with torch.no_grad():
@@ -225,8 +222,7 @@ class GAN:
         with torch.no_grad():  # remember the first step whose loss is not finite (no device sync here)
             bad = ~torch.isfinite(torch.stack(losses)).all() & (self.bad_step == 0)
             self.bad_step.copy_(torch.where(bad, torch.full_like(self.bad_step, step), self.bad_step))
-        stats.add("time_compute", (t1 - t0) + (t3 - t2) + (time.perf_counter() - t4))
-        stats.add("time_allreduce_wait", (t2 - t1) + (t4 - t3))
+        watch.report(stats, compute="time_compute", waiting="time_allreduce_wait")
         return g_stepped
 
     def pop_bad_step(self) -> float:

@@ -86,3 +86,12 @@ def flat_state(state: dict) -> torch.Tensor:
 def opt_tensors(opt_state: dict) -> torch.Tensor:
     """Every tensor of an optimizer's per-parameter state, as one vector."""
     return torch.cat([v.double().flatten() for s in opt_state["state"].values() for v in s.values()])
+
+
+def input_moves(model) -> dict:
+    """{block: device} for the blocks whose input hvdgan.models.placement.place moves (the first one and each
+    device boundary): what its forward pre-hooks do."""
+    from hvdgan.models.placement import MoveInput
+
+    return {name: hook.device for name, block in model.named_children()
+            for hook in block._forward_pre_hooks.values() if isinstance(hook, MoveInput)}

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import torch
 
-from hvdgan.dist import horovod as dist
+from hvdgan.dist.world import World
 from hvdgan.eval.evaluate import Evaluator, generated_features
 from hvdgan.models.dcgan import Generator
 
@@ -50,14 +50,14 @@ def generator(seed):
 
 
 def main(data, out):
-    dist.init()
-    hvd = dist.hvd()
+    world = World.from_horovod(threads=False)
+    hvd = world.hvd
     torch.set_num_threads(1)
     gan = FakeGAN(generator(0), generator(1) if hvd.rank() == 0 else None)
-    ev = Evaluator(data, num=101, metrics=("fid", "kid", "pr"), extractor=TinyFeatures(), hvd=hvd, real_num=301,
+    ev = Evaluator(data, num=101, metrics=("fid", "kid", "pr"), extractor=TinyFeatures(), world=world, real_num=301,
                    seed=3, batch_size=13)
     result = ev.evaluate(gan)
-    fake = generated_features(ev.generator(gan), 101, ev.extractor, hvd, seed=3, batch_size=13, progress=False)
+    fake = generated_features(ev.generator(gan), 101, ev.extractor, world, seed=3, batch_size=13, progress=False)
     if hvd.rank() == 0:
         result.pop("eval_seconds")
         np.save(out + ".real.npy", ev.real)

@@ -24,7 +24,8 @@ import horovod.torch as hvd
 import horovod.torch.optimizer as hvd_optimizer
 
 from hvdgan.dist import horovod as dist
-from hvdgan.config import DataFacts, World, build, resolve
+from hvdgan.config import DataFacts, build, resolve
+from hvdgan.dist.world import World
 from hvdgan.gan import GAN
 from hvdgan.models.zoo import build as build_nets
 

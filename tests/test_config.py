@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from hvdgan.config import DataFacts, World, build, resolve
+from hvdgan.config import DataFacts, build, resolve
+from hvdgan.dist.world import World
 from hvdgan.errors import HvdganError
 from hvdgan.run.stats import Stats
 

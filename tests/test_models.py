@@ -1,4 +1,4 @@
-"""Issue 13: the ResNet (SNGAN/BigGAN-style) models, class-conditional training, DiffAugment and R1,
+"""The ResNet (SNGAN/BigGAN-style) models, class-conditional training, DiffAugment and R1,
 with the equivalences that hold for DCGAN (identical ranks, SyncBatchNorm, exact resume, traffic)."""
 
 import copy
@@ -13,11 +13,13 @@ from conftest import ROOT, flat_state, hvdgan, launch, opt_tensors, run_env
 from hvdgan.dist.launch import run
 from hvdgan.models import syncbn
 from hvdgan.models.augment import DiffAugment, parse_policy
-from hvdgan.config import DataFacts, TrainConfig, World, resolve
+from hvdgan.config import DataFacts, TrainConfig, resolve
+from hvdgan.dist.world import World
 from hvdgan.config import build as build_config
 from hvdgan.errors import HvdganError
 from hvdgan.run.runlog import read_metrics
-from hvdgan.models.placement import block_devices, input_moves, place
+from conftest import input_moves
+from hvdgan.models.placement import block_devices, place
 from hvdgan.models.dcgan import ClassInput, CondBatchNorm2d, Discriminator, Generator
 from hvdgan.models.zoo import architecture, build, generator_from_arch
 

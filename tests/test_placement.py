@@ -1,4 +1,4 @@
-"""Issue 5: model parallelism inside a node — the placement parser, GPU groups, placed models, training
+"""Model parallelism inside a node — the placement parser, GPU groups, placed models, training
 and resuming with placements, and `hvdgan info --placement`."""
 
 import copy
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from conftest import HVDGAN, ROOT, flat_state, launch, opt_tensors
+from conftest import HVDGAN, ROOT, flat_state, input_moves, launch, opt_tensors
 from conftest import run_env as subprocess_env
 from hvdgan import info
 from hvdgan.models import syncbn
@@ -18,7 +18,7 @@ from hvdgan.errors import HvdganError
 from hvdgan.dist.launch import run
 from hvdgan.run.runlog import read_metrics
 from hvdgan.models.dcgan import Discriminator, Generator
-from hvdgan.models.placement import (MoveInput, Placement, block_devices, cuda_indices, describe, gpu_group, input_moves,
+from hvdgan.models.placement import (MoveInput, Placement, block_devices, cuda_indices, describe, gpu_group,
                               launcher_gave_own_gpus, place)
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")

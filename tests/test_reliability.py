@@ -1,4 +1,4 @@
-"""Issue 11: long runs a user can trust: linear history on rollback, torn metrics lines, unreadable and
+"""Long runs a user can trust: linear history on rollback, torn metrics lines, unreadable and
 non-finite checkpoints, safe loading and permissions, threads and memory from the allocation, and a
 numerically stable CPU SyncBatchNorm."""
 
@@ -223,7 +223,7 @@ def test_resume_across_world_and_batch_sizes(digits, tmp_path):
 
 
 def test_batch_size_change_continues_exactly():
-    from hvdgan.run.resume import resume_batch
+    from hvdgan.run.state import resume_batch
 
     meta = {"batch": 6, "world_size": 2, "batch_size": 16, "epoch": 3, "batches_per_epoch": 56}
     assert resume_batch(meta, 2, 32, 28) == (3, None)  # 96 images done: batch 3 of 32, exactly

@@ -1,4 +1,4 @@
-"""Issue 4: the GAN loop on Horovod — outputs, resume, Horovod correctness, errors."""
+"""The GAN loop on Horovod — outputs, resume, Horovod correctness, errors."""
 
 import json
 import sys
@@ -165,3 +165,17 @@ def test_the_gan_learns_digits_on_two_ranks(digits, tmp_path):
     fd = {r["step"]: r["fd8"] for r in read_metrics(out / "metrics.jsonl") if "fd8" in r}
     assert set(fd) == {0, 100, 200}
     assert fd[200] < 0.4 * fd[0], fd
+
+
+def test_loss_plot_legend_names_every_line():
+    from hvdgan.run.runlog import loss_figure
+
+    records = [{"step": s, "loss_d": 1.0, "loss_g": 2.0, "d_real": 0.6, "d_fake": 0.4} for s in (1, 2)]
+    fig = loss_figure([*records, {"step": 2, "fd8": 30.0}, {"step": 2, "fid": 90.0}])
+    losses, outputs = (panel.get_legend() or twin.get_legend() for panel, twin in
+                       ((fig.axes[0], fig.axes[2]), (fig.axes[1], fig.axes[3])))
+    assert [t.get_text() for t in losses.get_texts()] == ["D loss", "G loss", "FD (8x8)"]
+    assert [t.get_text() for t in outputs.get_texts()] == ["D(x)", "D(G(z))", "FID (Inception)"]
+    plain = loss_figure(records)  # no second axes: the legends on the panels themselves
+    assert [t.get_text() for t in plain.axes[0].get_legend().get_texts()] == ["D loss", "G loss"]
+    assert loss_figure([{"step": 0, "fd8": 1.0}]) is None

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..dist import horovod as distributed
+from ..dist.world import World
 from ..errors import HvdganError
 from .check import check_dataset, progress_bar
 from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, GZIP_LEVEL, LAYOUT, MANIFEST, SHARD_RE, VERSION, Manifest,
@@ -140,7 +141,7 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
     k = len(bounds)
     if use_horovod is None:
         use_horovod = distributed.launcher_world()[0]
-    world = distributed.Group(use_horovod, name="hvdgan.prepare")
+    world = World.join(use_horovod)
 
     # 1. overwrite policy, agreed by all ranks before anything is touched
     error = None
@@ -151,7 +152,7 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
                      "pass --overwrite to replace it, or choose another OUT")
     except HvdganError as exc:
         error = exc.message
-    world.agree(error)
+    world.agree(error, "hvdgan.prepare")
     error = None
     if world.rank == 0:
         try:
@@ -159,7 +160,7 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
             (out / MANIFEST).unlink(missing_ok=True)  # no manifest until the new shards are all there
         except OSError as exc:
             error = f"{out}: cannot create the dataset directory: {exc}"
-    world.agree(error)
+    world.agree(error, "hvdgan.prepare")
 
     # 2. the shards: which source images go where (identical on every rank: fixed seed, sorted sources)
     order = np.arange(source.count, dtype=np.int64)
@@ -209,10 +210,10 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
         error = f"{out}: rank {world.rank} failed writing its shards: {type(exc).__name__}: {exc}"
     finally:
         bar.close()
-    world.agree(error)
+    world.agree(error, "hvdgan.prepare")
 
     # 3. rank 0 writes the manifest once every shard exists
-    gathered = world.gather(records)
+    gathered = world.gather(records, "hvdgan.prepare")
     manifest, error = None, None
     if world.rank == 0:
         try:
@@ -233,7 +234,7 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
                     p.unlink()
         except Exception as exc:
             error = f"{out}: writing {MANIFEST} failed: {exc}"
-    world.agree(error)
+    world.agree(error, "hvdgan.prepare")
     return manifest
 
 

@@ -22,8 +22,8 @@ def init() -> None:
     if not h.is_initialized():
         check_launch()
         # Open MPI busy-polls while a call waits. Horovod's background thread makes MPI calls every cycle
-        # (HOROVOD_CYCLE_TIME), and on a CPU rank it shares the core with the compute thread: polling
-        # without yielding took up to 40% of the step here (docs/benchmarks.md). Set it to 0 to undo.
+        # (HOROVOD_CYCLE_TIME), and on a CPU rank it shares the core with the compute thread, which a
+        # poller that never yields slows down (docs/benchmarks.md). Set it to 0 to undo.
         os.environ.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
         h.init()
     check_world(h.size())
@@ -81,31 +81,6 @@ def launcher_world(env=os.environ) -> tuple[bool, int, int]:
             size = size or next((env[k] for k in SLURM_SIZE_VARS if env.get(k)), "1")
             return True, int(env[rank_var]), int(size)
     return False, 0, 1
-
-
-class Group:
-    """The ranks that meet for one job (`prepare`): Horovod's world under a launcher, a single process otherwise.
-    `name` tells the collectives apart from other jobs' (Horovod matches collectives by name)."""
-
-    def __init__(self, use_horovod: bool, name: str):
-        self.horovod, self.name = use_horovod, name
-        if use_horovod:
-            init()
-            self.h = hvd()
-            self.rank, self.size = self.h.rank(), self.h.size()
-        else:
-            self.h, self.rank, self.size = None, 0, 1
-
-    def gather(self, obj) -> list:
-        # an explicit name: Horovod's default is the object's type, which differs between a rank that
-        # sends None and one that sends an error message, and then the ranks never meet
-        return self.h.allgather_object(obj, name=self.name) if self.horovod and self.size > 1 else [obj]
-
-    def agree(self, error: str | None) -> None:
-        """A collective: if any rank failed, every rank raises (nobody is left waiting in the next collective)."""
-        errors = [e for e in self.gather(error) if e]
-        if errors:
-            raise HvdganError(errors[0] if len(set(errors)) == 1 else "; ".join(sorted(set(errors))))
 
 
 def is_root() -> bool:

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ..dist import layout
-from . import scores
+from ..dist.world import World
 from ..errors import HvdganError
+from . import scores
 
 log = logging.getLogger("hvdgan")
 PROTOCOL = 1  # bump when the image -> feature pipeline changes (invalidates cached reference features)
@@ -39,15 +40,11 @@ def share(n: int, rank: int, size: int) -> tuple[int, int]:
     return n * rank // size, n * (rank + 1) // size
 
 
-def _rank_size(hvd) -> tuple[int, int]:
-    return (hvd.rank(), hvd.size()) if hvd is not None else (0, 1)
-
-
-def gather(hvd, local: torch.Tensor, name: str) -> torch.Tensor:
+def gather(world: World, local: torch.Tensor, name: str) -> torch.Tensor:
     """Every rank's rows, in rank order (hvd: allgather; shares may differ in length)."""
-    if hvd is None or hvd.size() == 1:
+    if not world.horovod or world.size == 1:
         return local
-    return hvd.allgather(local.contiguous(), name=name)
+    return world.hvd.allgather(local.contiguous(), name=name)
 
 
 def _bar(total: int, desc: str, enabled: bool):
@@ -130,21 +127,20 @@ def _save_cache(m, key: str, features: np.ndarray) -> Path | None:
     return None
 
 
-def dataset_features(data, extractor, hvd=None, limit: int | None = None, progress: bool = True,
+def dataset_features(data, extractor, world: World = World(), limit: int | None = None, progress: bool = True,
                      use_cache: bool = True) -> np.ndarray | None:
     """Features of the first min(limit, count) images of dataset `data` (collective under Horovod);
     the array on rank 0, None on the other ranks."""
     from ..data import open_manifest
 
-    rank, size = _rank_size(hvd)
+    rank, size = world.rank, world.size
     m = open_manifest(data)
     count = m.count if limit is None else min(limit, m.count)
     if count < 2:
         raise HvdganError(f"{data}: evaluation needs at least 2 images, the dataset has {m.count}")
     key = cache_key(m, extractor.key, count)
     feats, where = _load_cache(m, key) if (use_cache and rank == 0) else (None, None)
-    cached = hvd.broadcast_object(feats is not None, root_rank=0, name="hvdgan.eval.cached") if size > 1 \
-        else feats is not None
+    cached = world.broadcast(feats is not None, "hvdgan.eval.cached")
     if cached:
         if rank == 0:
             log.info("reference features of %s: %s", data, where)
@@ -161,7 +157,7 @@ def dataset_features(data, extractor, hvd=None, limit: int | None = None, progre
         bar.update(len(local[-1]))
     bar.close()
     local = torch.cat(local) if local else torch.empty(0, 2048)
-    every = gather(hvd, local, "hvdgan.eval.real").numpy()
+    every = gather(world, local, "hvdgan.eval.real").numpy()
     if rank != 0:
         return None
     if use_cache:
@@ -172,11 +168,11 @@ def dataset_features(data, extractor, hvd=None, limit: int | None = None, progre
 
 # ------------------------------------------------------------------------------ generated features
 @torch.no_grad()
-def generated_features(G: torch.nn.Module, n: int, extractor, hvd=None, seed: int = 0, batch_size: int = 64,
+def generated_features(G: torch.nn.Module, n: int, extractor, world: World = World(), seed: int = 0, batch_size: int = 64,
                        progress: bool = True) -> np.ndarray | None:
     """Features of n images from G (eval mode) and the first n noise vectors of `seed`'s stream
     (collective under Horovod); the array on rank 0, None on the other ranks."""
-    rank, size = _rank_size(hvd)
+    rank, size = world.rank, world.size
     device = next(G.parameters()).device
     z = torch.randn(n, G.nz, 1, 1, generator=torch.Generator().manual_seed(seed))
     classes = getattr(G, "num_classes", 0)  # a conditional G: the classes in turn, as many images of each
@@ -196,31 +192,20 @@ def generated_features(G: torch.nn.Module, n: int, extractor, hvd=None, seed: in
         G.train(was_training)
         bar.close()
     local = torch.cat(local) if local else torch.empty(0, 2048)
-    every = gather(hvd, local, "hvdgan.eval.fake").numpy()
+    every = gather(world, local, "hvdgan.eval.fake").numpy()
     return every if rank == 0 else None
 
 
-def on_root(hvd, fn, name: str):
-    """Run fn() on rank 0 and give its result (or its error) to every rank."""
-    rank, size = _rank_size(hvd)
-    result = None
-    if rank == 0:
-        try:
-            result = fn()
-        except (HvdganError, ValueError) as exc:
-            result = {"error": getattr(exc, "message", str(exc))}
-    if size > 1:
-        result = hvd.broadcast_object(result, root_rank=0, name=name)
-    if isinstance(result, dict) and "error" in result:
-        raise HvdganError(result["error"])
-    return result
-
-
-def scores_of(real: np.ndarray | None, fake: np.ndarray | None, metrics, hvd=None, real_stats=None,
+def scores_of(real: np.ndarray | None, fake: np.ndarray | None, metrics, world: World = World(), real_stats=None,
               seed: int = 0) -> dict:
     """Rank 0 computes the metrics; every rank gets them."""
-    return on_root(hvd, lambda: scores.compute(real, fake, metrics, real_stats=real_stats, seed=seed),
-                   "hvdgan.eval.scores")
+    def compute():
+        try:
+            return scores.compute(real, fake, metrics, real_stats=real_stats, seed=seed)
+        except ValueError as exc:  # (too few images for a metric's k or subsets)
+            raise HvdganError(str(exc)) from None
+
+    return world.on_root(compute, "hvdgan.eval.scores", share=True)
 
 
 # ------------------------------------------------------------------------------------ in training
@@ -228,11 +213,11 @@ class Evaluator:
     """FID (and KID, precision/recall) of the generator during training: reference features once at
     start, then `evaluate(model)` at every --eval-every step (a collective: call it on every rank)."""
 
-    def __init__(self, data, num: int, metrics=("fid",), extractor=None, hvd=None, real_num: int | None = None,
-                 seed: int = 0, batch_size: int = 64):
-        self.num, self.metrics, self.hvd, self.seed, self.batch_size = num, tuple(metrics), hvd, seed, batch_size
+    def __init__(self, data, num: int, metrics=("fid",), extractor=None, world: World = World(),
+                 real_num: int | None = None, seed: int = 0, batch_size: int = 64):
+        self.num, self.metrics, self.world, self.seed, self.batch_size = num, tuple(metrics), world, seed, batch_size
         self.extractor = extractor
-        self.real = dataset_features(data, extractor, hvd, limit=real_num)
+        self.real = dataset_features(data, extractor, world, limit=real_num)
         self.real_stats = scores.gaussian(self.real) if self.real is not None and "fid" in self.metrics else None
         self._copy = None
 
@@ -241,21 +226,21 @@ class Evaluator:
         which it alone updates), broadcast into a copy of G on the others. One broadcast of |G| values per
         evaluation instead of an EMA update on every rank at every step."""
         model = gan.sample_model()
-        if self.hvd is None or self.hvd.size() == 1:
+        if not self.world.horovod or self.world.size == 1:
             return model
-        if self.hvd.rank() != 0:
+        if not self.world.root:
             if self._copy is None:
                 self._copy = copy.deepcopy(gan.G)
             model = self._copy
         state = model.state_dict()
-        layout.broadcast_parameters(self.hvd, {f"hvdgan.eval.G.{k}": v for k, v in state.items()}, root_rank=0)  # hvd
+        layout.broadcast_parameters(self.world.hvd, {f"hvdgan.eval.G.{k}": v for k, v in state.items()}, root_rank=0)  # hvd
         return model
 
     def evaluate(self, gan) -> dict:
         t0 = time.perf_counter()
-        fake = generated_features(self.generator(gan), self.num, self.extractor, self.hvd, self.seed,
+        fake = generated_features(self.generator(gan), self.num, self.extractor, self.world, self.seed,
                                   self.batch_size, progress=False)
-        result = scores_of(self.real, fake, self.metrics, self.hvd, self.real_stats, self.seed)
+        result = scores_of(self.real, fake, self.metrics, self.world, self.real_stats, self.seed)
         result["eval_seconds"] = time.perf_counter() - t0
         return result
 
@@ -282,24 +267,22 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
         progress: bool = True, use_cache: bool = True) -> dict | None:
     """`hvdgan evaluate`: a checkpoint against its dataset, or two datasets against each other. Under a
     launcher every rank takes part; the result on rank 0 (None on the others)."""
-    from ..dist import horovod as dist
     from ..models.placement import default_device
 
     if bool(target) == (len(real) == 2) or len(real) not in (0, 2) or (real and data):
         raise HvdganError("give a CHECKPOINT_OR_RUN_DIR (with an optional --data DIR), or --real DIR_A --real DIR_B")
-    dist.init()
-    hvd = dist.hvd()
+    world = World.from_horovod(threads=False)
     if "OMP_NUM_THREADS" not in os.environ:  # the node's cores shared among its ranks, as hvdgan train does
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // hvd.local_size()))
-    dev = default_device(device, hvd.local_rank())
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
+    dev = default_device(device, world.local_rank)
     t0 = time.perf_counter()
-    extractor = load_extractor(inception, dev, hvd, batch_size)
-    result = {"metrics": None, "features": extractor.describe(), "world_size": hvd.size()}
+    extractor = load_extractor(inception, dev, world, batch_size)
+    result = {"metrics": None, "features": extractor.describe(), "world_size": world.size}
     if real:
-        a = dataset_features(real[0], extractor, hvd, real_num, progress, use_cache)
-        b = dataset_features(real[1], extractor, hvd, real_num, progress, use_cache)
+        a = dataset_features(real[0], extractor, world, real_num, progress, use_cache)
+        b = dataset_features(real[1], extractor, world, real_num, progress, use_cache)
         result.update(real=str(real[0]), fake=str(real[1]))
-        if hvd.rank() == 0:
+        if world.root:
             result.update(real_count=len(a), fake_count=len(b))
     else:
         from ..sample import load_generator
@@ -313,17 +296,17 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
             if not state_data:
                 raise HvdganError(f"{path}: names no dataset; give --data DIR")
         G = load_generator(path, ema).to(dev)
-        a = dataset_features(state_data, extractor, hvd, real_num, progress, use_cache)
-        b = generated_features(G, num, extractor, hvd, seed, batch_size, progress)
+        a = dataset_features(state_data, extractor, world, real_num, progress, use_cache)
+        b = generated_features(G, num, extractor, world, seed, batch_size, progress)
         result.update(checkpoint=str(path), real=str(state_data), num=num, seed=seed, ema=ema)
-        if hvd.rank() == 0:
+        if world.root:
             result["real_count"] = len(a)
-    result["metrics"] = scores_of(a, b, metrics, hvd, seed=seed)
+    result["metrics"] = scores_of(a, b, metrics, world, seed=seed)
     result["seconds"] = round(time.perf_counter() - t0, 3)
-    return result if hvd.rank() == 0 else None
+    return result if world.root else None
 
 
-def load_extractor(inception, device, hvd=None, batch_size: int = 32):
+def load_extractor(inception, device, world: World = World(), batch_size: int = 32):
     """The Inception network on every rank; all ranks agree that they could load it before any
     collective (one rank without the file must not leave the others waiting)."""
     from .inception import InceptionFeatures
@@ -333,16 +316,11 @@ def load_extractor(inception, device, hvd=None, batch_size: int = 32):
         extractor = InceptionFeatures(inception, device, batch_size)
     except HvdganError as exc:
         error = exc.message
-    size = hvd.size() if hvd is not None else 1
-    errors = hvd.allgather_object(error, name="hvdgan.eval.load") if size > 1 else [error]
-    bad = [(r, e) for r, e in enumerate(errors) if e]
-    if bad:
-        r, e = bad[0]
-        raise HvdganError(f"rank {r}: {e}" if size > 1 else e)
+    world.agree(error, "hvdgan.eval.load")
     return extractor
 
 
-def for_training(cfg, hvd, device) -> Evaluator:
+def for_training(cfg, world: World, device) -> Evaluator:
     """The Evaluator of `hvdgan train --eval-every`."""
     return Evaluator(cfg.data, cfg.eval_num, scores.parse_metrics(cfg.eval_metrics),
-                     load_extractor(cfg.inception, device, hvd), hvd, cfg.eval_real_num, seed=cfg.seed)
+                     load_extractor(cfg.inception, device, world), world, cfg.eval_real_num, seed=cfg.seed)

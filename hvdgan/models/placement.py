@@ -270,10 +270,10 @@ def place(model: nn.Sequential, devices: Mapping[str, "torch.device | str"]) -> 
     return model
 
 
-def input_moves(model: nn.Module) -> dict[str, torch.device]:
-    """{block: device} for the blocks whose input `place` moves (the first one and each device boundary)."""
-    return {name: hook.device for name, block in model.named_children()
-            for hook in block._forward_pre_hooks.values() if isinstance(hook, MoveInput)}
+def evaluation_device(devices: dict[str, dict[str, torch.device]]) -> torch.device:
+    """Where the run's evaluation (Inception) runs: with G's first block, whose output it reads, on this
+    rank's own devices (its GPU group under a multi-GPU placement, not the GPU numbered by its local rank)."""
+    return next(iter(devices["G"].values()))
 
 
 def describe(devices: dict[str, dict[str, torch.device]]) -> str:

@@ -188,16 +188,6 @@ def newest_readable(directory: Path) -> tuple[Path | None, dict | None]:
     return None, None
 
 
-def resolve(resume: str, directory: Path) -> Path | None:
-    """--resume none | auto | PATH -> the checkpoint to load (without reading it), or None."""
-    if resume in ("none", "", None):
-        return None
-    if resume == "auto":
-        found = list_checkpoints(directory)
-        return found[-1] if found else None
-    return Path(resume)
-
-
 def check_architecture(path: Path, saved: dict, current: dict) -> None:
     """Refuse to resume into a network that differs from the one the checkpoint was written with."""
     for net in ("G", "D"):

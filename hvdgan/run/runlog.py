@@ -78,7 +78,19 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> torch.Tensor:
 
 def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
     """Loss and D-output curves of a run, from its metrics.jsonl."""
-    every = read_metrics(metrics_path)
+    fig = loss_figure(read_metrics(metrics_path))
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def loss_figure(every: list[dict]):
+    """The loss plot of metrics.jsonl's records (None without a logged step): losses with the 8x8 Frechet
+    distance on a second axis, D's outputs with the Inception FID; one legend per panel names every line."""
     records = [r for r in every if "loss_d" in r]
     if not records:
         return None
@@ -91,21 +103,17 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.plot(steps, [r["loss_d"] for r in records], label="D loss")
     ax1.plot(steps, [r["loss_g"] for r in records], label="G loss")
-    ax1.set_xlabel("step"), ax1.set_title("losses (mean over ranks)"), ax1.legend()
+    ax1.set_xlabel("step"), ax1.set_title("losses (mean over ranks)")
     ax2.plot(steps, [r["d_real"] for r in records], label="D(x)")
     ax2.plot(steps, [r["d_fake"] for r in records], label="D(G(z))")
-    ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.set_title("discriminator outputs"), ax2.legend()
-    fds = [(r["step"], r["fd8"]) for r in every if "fd8" in r]
-    if fds:
-        ax3 = ax1.twinx()
-        ax3.plot(*zip(*fds), "k.--", label="FD (8x8)")
-        ax3.set_ylabel("Frechet distance, 8x8"), ax3.legend(loc="upper center")
-    fids = [(r["step"], r["fid"]) for r in every if "fid" in r]
-    if fids:  # Inception FID of the --eval-every evaluations
-        ax4 = ax2.twinx()
-        ax4.plot(*zip(*fids), "rs-", label="FID (Inception)")
-        ax4.set_ylabel("FID"), ax4.legend(loc="upper center")
+    ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.set_title("discriminator outputs")
+    for ax, key, style, label in ((ax1, "fd8", "k.--", "FD (8x8)"), (ax2, "fid", "rs-", "FID (Inception)")):
+        points = [(r["step"], r[key]) for r in every if key in r]
+        top = ax
+        if points:  # on a second axis, drawn over the first: the panel's one legend goes there
+            top = ax.twinx()
+            top.plot(*zip(*points), style, label=label)
+            top.set_ylabel(label)
+        top.legend(handles=[*ax.get_lines(), *(top.get_lines() if top is not ax else [])], loc="best")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return fig

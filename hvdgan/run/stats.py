@@ -16,6 +16,8 @@ The names, and so the layout of the packed vector, are fixed at construction: th
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Sequence
 
 import torch
@@ -88,3 +90,24 @@ class Gathered:
     def mean(self, name: str) -> float:
         """Over every rank's items; 0 when there were none (e.g. no G step in the window)."""
         return self.columns[name].sum().item() / max(self.count(name), 1.0)
+
+
+class Stopwatch:
+    """One step's host time, split into the time spent waiting (inside `with watch.waiting():`, e.g. for
+    Horovod's allreduces) and the rest."""
+
+    def __init__(self):
+        self.start, self.waited = time.perf_counter(), 0.0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.waited += time.perf_counter() - t0
+
+    def report(self, stats: Stats, compute: str, waiting: str) -> None:
+        """Add the step's time outside and inside the waits to `stats`, under the two names."""
+        stats.add(compute, time.perf_counter() - self.start - self.waited)
+        stats.add(waiting, self.waited)
