@@ -17,7 +17,24 @@ from . import __version__
 from .errors import HvdganError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HVDGAN"})
+class Failure(click.ClickException):
+    """An HvdganError as Click reports it: `Error: MESSAGE` on stderr, exit status 2."""
+
+    exit_code = HvdganError.exit_code
+
+
+class Commands(click.Group):
+    """hvdgan's commands: the library's HvdganError, raised while a command's options are read (a job file)
+    or while it runs, becomes Click's one-line error."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except HvdganError as exc:
+            raise Failure(exc.message) from None
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HVDGAN"})
 @click.version_option(__version__, prog_name="hvdgan")
 def main():
     """Train GANs on clusters with Horovod (MPI or Gloo) and sharded HDF5 data.

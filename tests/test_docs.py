@@ -48,6 +48,7 @@ import pytest
 import yaml
 
 from hvdgan.cli import main as CLI
+from hvdgan.errors import HvdganError
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKDOWN = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
@@ -216,6 +217,8 @@ def check_hvdgan(args: list[str], mention: bool = False) -> None:
         return
     except click.ClickException as exc:
         raise AssertionError(f"hvdgan {shlex.join(args)}: {exc.format_message()}") from None
+    except HvdganError as exc:  # (a job file that --job reads while the options are parsed)
+        raise AssertionError(f"hvdgan {shlex.join(args)}: {exc.message}") from None
     if not params:
         return
     if path == ["prepare"]:
