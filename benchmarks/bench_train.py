@@ -140,7 +140,7 @@ def hvdgan_worker(args) -> dict:
     windows = [r["time_step"] for r in read_metrics(out / "metrics.jsonl") if "time_step" in r]
     shutil.rmtree(out, ignore_errors=True)
     return {"rank": 0, "step_s": statistics.median(windows[1:]), "windows": windows,
-            "flag_s": flag_time[0] / cfg.max_steps}
+            "flag_s": flag_time[0] / cfg.schedule.max_steps}
 
 
 def write_result(template: str, result: dict) -> None:

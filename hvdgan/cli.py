@@ -14,6 +14,7 @@ if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
 import click  # noqa: E402
 
 from . import __version__
+from .config import OPTIONS
 from .errors import HvdganError
 
 
@@ -119,19 +120,15 @@ def data_check(directory, quiet):
 
 # ------------------------------------------------------------------------------------------- train
 def _config_options(func):
-    """One option per TrainConfig field (hvdgan/config.py holds names, defaults and help)."""
-    from .config import FIELDS, HELP, CHOICES
-
-    for name in reversed(list(FIELDS)):
-        f, flag = FIELDS[name], "--" + name.replace("_", "-")
-        kind = str(f.type)
-        if kind.startswith("bool"):
-            opt = click.option(f"{flag}/--no-{name.replace('_', '-')}", default=None, help=HELP[name])
+    """One option per configuration field (hvdgan/config/options.py declares each: type, default, help)."""
+    for spec in reversed(OPTIONS.values()):
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.type is bool:
+            opt = click.option(f"{flag}/--no-{spec.name.replace('_', '-')}", default=None, help=spec.help)
         else:
-            typ = (click.Choice(CHOICES[name]) if name in CHOICES else int if kind.startswith("int")
-                   else float if kind.startswith("float") else str)
-            opt = click.option(flag, type=typ, default=None, help=HELP[name],
-                               show_default=repr(f.default) if f.default not in (None, "") else False)
+            opt = click.option(flag, type=click.Choice(spec.choices) if spec.choices else spec.type, default=None,
+                               help=spec.help,
+                               show_default=repr(spec.default) if spec.default not in (None, "") else False)
         func = opt(func)
     return func
 
@@ -230,7 +227,7 @@ def sample(checkpoint, out, num, single, seed, no_ema, overwrite, class_):
               help="Images per Inception batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed of the generated images.")
 @click.option("--no-ema", is_flag=True, help="Evaluate G's raw weights instead of their moving average.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(OPTIONS["device"].choices), default="auto", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Recompute the reference features (and do not write them).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
 def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, seed, no_ema, device, no_cache, out):
@@ -251,8 +248,8 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
 
     try:
         names = parse_metrics(metrics)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="'--metrics'") from None
+    except HvdganError as exc:
+        raise click.BadParameter(exc.reason, param_hint="'--metrics'") from None
     result = evaluate_mod.run(target, real, data, num=num, real_num=real_num, metrics=names, inception=inception,
                               batch_size=batch_size, seed=seed, ema=not no_ema, device=device,
                               use_cache=not no_cache)

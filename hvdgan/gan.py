@@ -117,7 +117,8 @@ class GAN:
     """G, D, their Horovod optimizers and G's EMA; `step(real)` is one iteration of the loop."""
 
     # the statistics of a log window (summed on the loss device; averaged over ranks at log time)
-    STATS = ("loss_d", "d_real", "d_fake", "loss_g", "d_fake_after", "time_compute", "time_allreduce_wait")
+    LOSSES = ("loss_d", "d_real", "d_fake", "loss_g", "d_fake_after")  # averaged over ranks and steps in the log
+    TIMES = ("time_compute", "time_allreduce_wait")  # seconds per step, averaged over ranks
 
     def __init__(self, G: nn.Module, D: nn.Module, settings: GANSettings, hvd, stop_flag=None,
                  rng: torch.Generator | None = None):
@@ -145,7 +146,7 @@ class GAN:
         self.stop_flag = stop_flag
         self.real_device = first_device(D)
         self.loss_device = last_device(D)
-        self.stats = Stats(self.STATS, self.loss_device)
+        self.stats = Stats(self.LOSSES + self.TIMES, self.loss_device)
         self.d_updates = 0
         self.augment = DiffAugment(settings.augment)  # the identity without --augment
         self.rng = rng

@@ -61,7 +61,7 @@ def train(data, out, *opts):
 def nets(model, cfg, channels):
     """(G, D, number of classes) for `model`: dcgan, dcgan-cond or resnet-cond (10 classes, tiny widths)."""
     classes = 10 if model.endswith("-cond") else 0
-    G, D = build_nets(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, channels, 32, num_classes=classes)
+    G, D = build_nets(cfg.network.model, cfg.network.nz, cfg.network.ngf, cfg.network.ndf, channels, 32, num_classes=classes)
     return G, D, classes
 
 
@@ -80,7 +80,7 @@ def syncbn(out, per_rank, sync="1", model="dcgan", dtype="float32"):
     global_batch = per_rank * 2
     for _ in range(3):
         real = torch.rand(global_batch, 1, 32, 32, generator=gen) * 2 - 1
-        z = torch.randn(global_batch, cfg.nz, 1, 1, generator=gen)
+        z = torch.randn(global_batch, cfg.network.nz, 1, 1, generator=gen)
         y = torch.randint(0, max(classes, 1), (global_batch,), generator=gen)
         # np=1 takes the whole global batch; np=2 gives each rank its half
         lo, hi = (0, global_batch) if hvd.size() == 1 else (hvd.rank() * per_rank, (hvd.rank() + 1) * per_rank)
@@ -108,7 +108,7 @@ def traffic(out, fp16="0", model="dcgan"):
     G, D, classes = nets(model, cfg, 3)
     gan = GAN(G, D, cfg.gan, hvd)
     y = torch.arange(8) % classes if classes else None
-    gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.nz, 1, 1), 0, y)  # (R1 is due at step 0)
+    gan.step(torch.rand(8, 3, 32, 32) * 2 - 1, torch.randn(8, cfg.network.nz, 1, 1), 0, y)  # (R1 is due at step 0)
     counted["params_G"] = sum(p.numel() for p in G.parameters())
     counted["params_D"] = sum(p.numel() for p in D.parameters())
     counted["tensors_G_D"] = len(list(G.parameters())) + len(list(D.parameters()))
@@ -124,7 +124,7 @@ def conditioning(out, steps=150):
     cfg = settings(dict(model="resnet", conditional=True, ngf=4, ndf=4, nz=8, ema=0.0, beta1=0.0, beta2=0.9),
                    channels=1)
     torch.manual_seed(0)
-    G, D = build_nets("resnet", cfg.nz, cfg.ngf, cfg.ndf, 1, 32, num_classes=2)
+    G, D = build_nets("resnet", cfg.network.nz, cfg.network.ngf, cfg.network.ndf, 1, 32, num_classes=2)
     gan = GAN(G, D, cfg.gan, hvd)
     gen = torch.Generator().manual_seed(0)
     for i in range(steps):
@@ -133,7 +133,7 @@ def conditioning(out, steps=150):
         gan.step(real, gan.noise(16, gen), i, y)
     G.eval()
     with torch.no_grad():
-        z = torch.randn(64, cfg.nz, 1, 1, generator=gen)
+        z = torch.randn(64, cfg.network.nz, 1, 1, generator=gen)
         means = [G(z, torch.full((64,), k)).mean().item() for k in (0, 1)]
     with open(out, "w") as f:
         json.dump({"class0": means[0], "class1": means[1], "steps": steps}, f)

@@ -17,20 +17,20 @@ DIGITS = DataFacts(channels=1, image_size=32, batches_per_epoch=28)
 
 def test_build_is_the_one_way_and_names_where_a_value_came_from():
     cfg = build({"data": "d", "batch_size": 32, "amp": None})  # None: not given, the default stays
-    assert (cfg.batch_size, cfg.amp, cfg.epochs) == (32, None, 5)
+    assert (cfg.schedule.batch_size, cfg.distribution.amp, cfg.schedule.epochs) == (32, None, 5)
     with pytest.raises(HvdganError, match=r"^jobs/x.yaml: unknown key\(s\) batch$"):
         build({"data": "d", "batch": 32}, "jobs/x.yaml")
     with pytest.raises(HvdganError, match="^HVDGAN_TRAIN_BATCH_SIZE: must be >= 1, got 0$"):
         build({"data": "d", "batch_size": 0}, lambda key: f"HVDGAN_TRAIN_{key.upper()}")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.amp = True
+        cfg.distribution.amp = True
 
 
 def test_resolve_fills_in_what_depends_on_devices_data_and_world():
     cfg = build({"data": "d", "device": "cpu", "lr_scaling": "linear", "epochs": 3, "d_steps": 2})
     r = resolve(cfg, World(rank=1, size=4, local_rank=1, local_size=2), DIGITS)
     # on the CPU: no autocast, no channels_last; threads shared by the node's ranks
-    assert (r.amp, r.channels_last, r.image_size, r.channels) == (False, False, 32, 1)
+    assert (r.gan.amp, r.channels_last, r.image_size, r.channels) == (False, False, 32, 1)
     assert r.threads == max(1, (os.cpu_count() or 1) // 2)
     assert r.total_steps == 3 * 28 // 2
     assert str(r.devices["G"]["stem"]) == "cpu" and not r.on_cuda
@@ -42,14 +42,14 @@ def test_resolve_fills_in_what_depends_on_devices_data_and_world():
     given = build({"data": "d", "device": "cpu", "channels_last": True, "amp": True, "threads": 3, "max_steps": 7})
     r = resolve(given, World(), DIGITS)
     assert (r.channels_last, r.threads, r.total_steps) == (True, 3, 7)
-    assert r.amp is False and r.gan.amp is False  # bf16 autocast only changes CUDA ops: off without one
-    assert given.amp is True and given.image_size is None
+    assert r.gan.amp is False  # bf16 autocast only changes CUDA ops: off without one
+    assert given.distribution.amp is True and given.network.image_size is None and r.network is given.network
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.total_steps = 1
     d = r.to_dict()
     assert (d["world_size"], d["devices"], d["total_steps"], d["amp"], d["image_size"]) == (1, "G@cpu; D@cpu", 7,
                                                                                           False, 32)
-    assert d["gan"]["lr_g"] == 2e-4
+    assert (d["lr_g"], d["lr_scale"], d["batch_size"]) == (2e-4, 1.0, 64) and "gan" not in d  # every value once
 
 
 def test_resolve_refuses_an_image_size_the_data_does_not_have():

@@ -184,28 +184,28 @@ def test_job_file_loads_and_validates(path):
 
     values = load_job_file(path)
     cfg = build(values, str(path))
-    assert cfg.data and cfg.out.startswith("runs/")
+    assert cfg.dataset.data and cfg.output.out.startswith("runs/")
     # an override on top of the file (what a command-line option does) still validates
-    assert build({**values, "max_steps": 5}, str(path)).max_steps == 5
+    assert build({**values, "max_steps": 5}, str(path)).schedule.max_steps == 5
 
 
 def test_cifar10_dcgan64_is_the_seed_setting():
     from hvdgan.config import build, load_job_file
 
-    cfg = build(load_job_file(REPO / "jobs/cifar10-dcgan64.yaml"))
-    assert (cfg.image_size, cfg.batch_size, cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2, cfg.loss, cfg.epochs) == \
-        (64, 64, 2e-4, 2e-4, 0.5, 0.999, "bce", 25)
-    assert cfg.data == "data/cifar10-64"
+    cfg = build(load_job_file(REPO / "jobs/cifar10-dcgan64.yaml")).flat()
+    keys = ("image_size", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "loss", "epochs")
+    assert tuple(cfg[k] for k in keys) == (64, 64, 2e-4, 2e-4, 0.5, 0.999, "bce", 25)
+    assert cfg["data"] == "data/cifar10-64"
 
 
 def test_digits_demo_is_small():
     from hvdgan.config import build, load_job_file
 
-    cfg = build(load_job_file(REPO / DEMO))
-    assert (cfg.data, cfg.image_size) == ("data/digits", 32)
-    assert cfg.max_steps and cfg.checkpoint_every < cfg.max_steps
+    cfg = build(load_job_file(REPO / DEMO)).flat()
+    assert (cfg["data"], cfg["image_size"]) == ("data/digits", 32)
+    assert cfg["max_steps"] and cfg["checkpoint_every"] < cfg["max_steps"]
     # minutes on 2 CPU ranks: at most 128k images through D per rank (5,500 steps x 8 now: 44k)
-    assert cfg.max_steps * cfg.batch_size * cfg.d_steps <= 2000 * 64
+    assert cfg["max_steps"] * cfg["batch_size"] * cfg["d_steps"] <= 2000 * 64
 
 
 # ------------------------------------------------------------------ mpirun's MCA default, network interface

@@ -13,7 +13,7 @@ from conftest import ROOT, flat_state, hvdgan, launch, opt_tensors, run_env
 from hvdgan.dist.launch import run
 from hvdgan.models import syncbn
 from hvdgan.models.augment import DiffAugment, parse_policy
-from hvdgan.config import DataFacts, TrainConfig, resolve
+from hvdgan.config import DataFacts, resolve
 from hvdgan.dist.world import World
 from hvdgan.config import build as build_config
 from hvdgan.errors import HvdganError
@@ -154,13 +154,13 @@ def test_augment_policy_and_model_options_are_checked():
     with pytest.raises(HvdganError, match="unknown operation 'flip'"):
         parse_policy("translation,flip")
     with pytest.raises(HvdganError, match="augment: unknown operation .flip."):
-        TrainConfig(data="d", augment="flip").validate()
-    TrainConfig(data="d", conditional=True).validate()  # both families are conditional
+        build_config({"data": "d", "augment": "flip"})
+    build_config({"data": "d", "conditional": True})  # both families are conditional
     facts = DataFacts(channels=1, image_size=32, batches_per_epoch=1)
-    loss = lambda **kw: resolve(build_config({"data": "d", "device": "cpu", **kw}), World(), facts).loss  # noqa: E731
+    loss = lambda **kw: resolve(build_config({"data": "d", "device": "cpu", **kw}), World(), facts).gan.loss  # noqa: E731
     assert loss(model="resnet") == "hinge" and loss() == "bce" and loss(model="resnet", loss="bce") == "bce"
     with pytest.raises(HvdganError, match="r1_every: must be >= 1"):
-        TrainConfig(data="d", r1_every=0).validate()
+        build_config({"data": "d", "r1_every": 0})
 
 
 # ---------------------------------------------------------------------------------------- Horovod
@@ -267,7 +267,7 @@ def test_conditional_errors(digits, tmp_path):
 def test_sngan_job_files_hold_the_published_settings(job):
     from hvdgan.config import load_job_file
 
-    cfg = build_config(load_job_file(ROOT / "jobs" / job))
-    assert (cfg.model, cfg.loss, cfg.beta1, cfg.beta2, cfg.d_steps, cfg.lr_g, cfg.lr_d, cfg.image_size) == \
+    net, optim = (cfg := build_config(load_job_file(ROOT / "jobs" / job))).network, cfg.optim
+    assert (net.model, optim.loss, optim.beta1, optim.beta2, optim.d_steps, optim.lr_g, optim.lr_d, net.image_size) == \
         ("resnet", "hinge", 0.0, 0.9, 5, 2e-4, 2e-4, 32)
-    assert cfg.conditional == (job == "cifar10-cond-resnet32.yaml")
+    assert net.conditional == (job == "cifar10-cond-resnet32.yaml")

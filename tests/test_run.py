@@ -30,7 +30,7 @@ def world() -> World:
 def make_gan(world: World, seed: int, **options) -> tuple[GAN, RunState]:
     cfg = resolve(build({"data": "d", "device": "cpu", "ngf": 8, "ndf": 8, "nz": 16, **options}), world, FACTS)
     torch.manual_seed(seed)
-    G, D = build_nets(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, cfg.channels, cfg.image_size, cfg.spectral_norm, 0)
+    G, D = build_nets(cfg.network.model, cfg.network.nz, cfg.network.ngf, cfg.network.ndf, cfg.channels, cfg.image_size, cfg.network.spectral_norm, 0)
     state = RunState(noise=torch.Generator().manual_seed(seed))
     return GAN(G, D, cfg.gan, world.hvd, rng=state.noise), state
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.check import progress_bar
 from ..dist import layout
 from ..dist.world import World
 from ..errors import HvdganError
@@ -45,13 +46,6 @@ def gather(world: World, local: torch.Tensor, name: str) -> torch.Tensor:
     if not world.horovod or world.size == 1:
         return local
     return world.hvd.allgather(local.contiguous(), name=name)
-
-
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True, dynamic_ncols=True,
-                leave=False)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -150,7 +144,8 @@ def dataset_features(data, extractor, world: World = World(), limit: int | None 
         log.info("reference features of %s: extracting %d images on %d rank(s) (once: cached afterwards; "
                  "a few images/s per CPU core)", data, count, size)
     images = read_rows(m, a, b)
-    bar = _bar(b - a, f"features of {Path(data).name} (rank 0's {b - a} of {count})", progress and rank == 0)
+    bar = progress_bar(b - a, f"features of {Path(data).name} (rank 0's {b - a} of {count})",
+                       progress and rank == 0)
     local = []
     for i in range(0, len(images), extractor.batch_size):
         local.append(extractor(images[i:i + extractor.batch_size]))
@@ -180,7 +175,7 @@ def generated_features(G: torch.nn.Module, n: int, extractor, world: World = Wor
     a, b = share(n, rank, size)
     was_training = G.training
     G.eval()
-    bar = _bar(b - a, f"generated (rank 0's {b - a} of {n})", progress and rank == 0)
+    bar = progress_bar(b - a, f"generated (rank 0's {b - a} of {n})", progress and rank == 0)
     local = []
     try:
         for i in range(a, b, batch_size):
@@ -321,6 +316,7 @@ def load_extractor(inception, device, world: World = World(), batch_size: int = 
 
 
 def for_training(cfg, world: World, device) -> Evaluator:
-    """The Evaluator of `hvdgan train --eval-every`."""
-    return Evaluator(cfg.data, cfg.eval_num, scores.parse_metrics(cfg.eval_metrics),
-                     load_extractor(cfg.inception, device, world), world, cfg.eval_real_num, seed=cfg.seed)
+    """The Evaluator of `hvdgan train --eval-every` (cfg: hvdgan.config.Resolved)."""
+    ev = cfg.evaluation
+    return Evaluator(cfg.dataset.data, ev.eval_num, cfg.eval_metrics, load_extractor(ev.inception, device, world),
+                     world, ev.eval_real_num, seed=cfg.schedule.seed)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import HvdganError
+
 
 # ------------------------------------------------------------------------------------ Frechet distance
 def gaussian(features) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +115,8 @@ def parse_metrics(text: str, where: str = "--metrics") -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n.strip().lower() for n in str(text).split(",") if n.strip()))
     bad = [n for n in names if n not in METRICS]
     if bad or not names:
-        raise ValueError(f"{where}: {', '.join(bad) or 'nothing'} is not one of {', '.join(METRICS)} "
-                         "(comma-separated, e.g. fid,kid,pr)")
+        why = f"{', '.join(bad) or 'nothing'} is not one of {', '.join(METRICS)} (comma-separated, e.g. fid,kid,pr)"
+        raise HvdganError(f"{where}: {why}", reason=why)
     return names
 
 

@@ -7,5 +7,9 @@
     syncbn     SyncBatchNorm over Horovod that also runs on the CPU (`--sync-bn`)
     augment    DiffAugment, D's differentiable input augmentations (`--augment`)
 
-Nothing here imports Horovod: the networks are plain PyTorch modules.
+Nothing here imports Horovod: the networks are plain PyTorch modules. The package owns the facts below
+(imported without torch, e.g. by the configuration's checks).
 """
+
+MODELS = ("dcgan", "resnet")  # the families, by `--model` name (zoo.build)
+SIZES = (32, 64)  # the image sizes the networks are built for

@@ -25,8 +25,8 @@ def parse_policy(text: str | None) -> tuple[str, ...]:
         return ()
     bad = [n for n in names if n not in OPS]
     if bad:
-        raise HvdganError(f"--augment {text}: unknown operation {bad[0]!r}; choose from {', '.join(OPS)} "
-                          "(comma-separated), or none")
+        why = f"unknown operation {bad[0]!r}; choose from {', '.join(OPS)} (comma-separated), or none"
+        raise HvdganError(f"--augment {text}: {why}", reason=why)
     return tuple(n for n in OPS if n in names)
 
 
@@ -72,8 +72,9 @@ def cutout(x, gen=None, ratio: float = 0.5):
 class DiffAugment:
     """Callable: images (and a generator) -> augmented images; the identity for an empty policy."""
 
-    def __init__(self, policy: str | None):
-        self.ops = parse_policy(policy)
+    def __init__(self, ops: tuple[str, ...] | str | None):
+        """`ops`: the parsed policy (hvdgan.config resolves it), or its text."""
+        self.ops = ops if isinstance(ops, tuple) else parse_policy(ops)
 
     def __bool__(self) -> bool:
         return bool(self.ops)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import HvdganError
 
-SIZES = (32, 64)
+from . import SIZES
 
 
 def check_image_size(size: int, what: str = "image size") -> None:

@@ -52,20 +52,24 @@ class Placement:
             return text
         entries = {}
         spec = (text or "").strip()
+
+        def bad(why: str):
+            raise HvdganError(f"{OPTION} {spec}: {why}", reason=why)
+
         for item in spec.split(","):
             item = item.strip()
             if not item:
                 continue
             if "=" not in item:
-                raise HvdganError(f"{OPTION} {spec}: {item!r} is not NET[.BLOCK]=DEVICE (e.g. G=gpu0,D=cpu)")
+                bad(f"{item!r} is not NET[.BLOCK]=DEVICE (e.g. G=gpu0,D=cpu)")
             target, device = (s.strip() for s in item.split("=", 1))
             net, dot, block = (s.strip() for s in target.partition("."))
             net, device = net.upper(), device.lower()
             if net not in BLOCKS:
-                raise HvdganError(f"{OPTION} {spec}: unknown network {target.partition('.')[0]!r} in {item!r}; "
+                bad(f"unknown network {target.partition('.')[0]!r} in {item!r}; "
                                   f"valid targets: {_valid_targets()}")
             if dot and block not in BLOCKS[net]:
-                raise HvdganError(f"{OPTION} {spec}: unknown block {target!r}; {net}'s blocks are "
+                bad(f"unknown block {target!r}; {net}'s blocks are "
                                   f"{', '.join(net + '.' + b for b in BLOCKS[net])}")
             m = _DEVICE.match(device)
             if not m:
@@ -74,18 +78,18 @@ class Placement:
                 if cuda:
                     k = int(cuda.group(1) or 0)
                     hint = f" (slots are per rank: gpu{k} is slot {k} of the rank's GPU group)"
-                raise HvdganError(f"{OPTION} {spec}: unknown device {device!r} in {item!r}: use cpu or gpuK, K the "
+                bad(f"unknown device {device!r} in {item!r}: use cpu or gpuK, K the "
                                   f"GPU slot of this rank: gpu0, gpu1, ...{hint}")
             if m.group(2) is not None:
                 device = f"gpu{int(m.group(2))}"
             key = (net, block or None)
             if key in entries:
-                raise HvdganError(f"{OPTION} {spec}: {net}{'.' + block if block else ''} is placed twice")
+                bad(f"{net}{'.' + block if block else ''} is placed twice")
             entries[key] = device
         slots = sorted({int(d[3:]) for d in entries.values() if d.startswith("gpu")})
         if slots and slots != list(range(len(slots))):
             missing = next(f"gpu{i}" for i in range(slots[-1] + 1) if i not in slots)
-            raise HvdganError(f"{OPTION} {spec}: {missing} is not used; GPU slots count from gpu0 within each rank's "
+            bad(f"{missing} is not used; GPU slots count from gpu0 within each rank's "
                               f"own group (gpu{slots[-1]} is slot {slots[-1]} of the group, not CUDA device "
                               f"{slots[-1]}): number the slots from gpu0 without gaps")
         return cls(entries, spec)

@@ -6,11 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dcgan
-from . import resnet
 from ..errors import HvdganError
-
-MODELS = ("dcgan", "resnet")
+from . import MODELS, dcgan, resnet
 
 
 def build(model: str, nz: int, ngf: int, ndf: int, channels: int, image_size: int, spectral_norm: bool = False,

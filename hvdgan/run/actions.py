@@ -109,7 +109,7 @@ class Log(Action):
     since the last log: its sync, samples, checkpoints."""
 
     def __init__(self, trainer):
-        super().__init__("log", trainer.cfg.log_every, at_stop=True)
+        super().__init__("log", trainer.cfg.output.log_every, at_stop=True)
         self.trainer = trainer
 
     def begin(self) -> None:
@@ -135,9 +135,10 @@ class Log(Action):
         self.window_start, self.window_step, t.time_data = now, tick.step, 0.0
         record = {
             "step": tick.step, "epoch": t.state.epoch,
-            **{name: every.mean(name) for name in ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_after")},
-            "images_per_s": steps * t.cfg.d_steps * t.cfg.batch_size * t.world.size / max(elapsed, 1e-9),
-            **{name: every[name].mean().item() / steps for name in ("time_data", "time_compute", "time_allreduce_wait")},
+            **{name: every.mean(name) for name in t.gan.LOSSES},
+            "images_per_s": (steps * t.cfg.optim.d_steps * t.cfg.schedule.batch_size * t.world.size
+                             / max(elapsed, 1e-9)),
+            **{name: every[name].mean().item() / steps for name in ("time_data", *t.gan.TIMES)},
             "time_step": elapsed / steps,
         }
         if t.world.root:
@@ -154,7 +155,7 @@ class Log(Action):
 
 class Checkpoint(Action):
     def __init__(self, trainer):
-        super().__init__("checkpoint", trainer.cfg.checkpoint_every, at_stop=True)
+        super().__init__("checkpoint", trainer.cfg.output.checkpoint_every, at_stop=True)
         self.trainer = trainer
 
     def run(self, tick: Tick) -> None:
@@ -186,14 +187,14 @@ class Sample(Action):
     the 8x8 Frechet distance of FD_SAMPLES images to the real data."""
 
     def __init__(self, trainer):
-        super().__init__("sample", trainer.cfg.sample_every)
+        super().__init__("sample", trainer.cfg.output.sample_every)
         self.trainer = trainer
 
     def begin(self) -> None:
         t, cfg = self.trainer, self.trainer.cfg
         self.fixed_labels = grid_labels(t.classes, 8) if t.classes else None
-        self.fixed_noise = torch.randn(8 * t.classes if t.classes else 64, cfg.nz, 1, 1,
-                                       generator=torch.Generator().manual_seed(cfg.seed))
+        self.fixed_noise = torch.randn(8 * t.classes if t.classes else 64, cfg.network.nz, 1, 1,
+                                       generator=torch.Generator().manual_seed(cfg.schedule.seed))
         self.real_stats = gaussian(features8(to_float(self.real_sample(), "cpu")))
         if t.state.step == 0:
             self.run(Tick(0, False, False))
@@ -208,9 +209,9 @@ class Sample(Action):
         every_class = torch.arange(128) % max(t.classes, 1)
         with torch.no_grad():
             grid_imgs = model(self.fixed_noise.to(dev), *cond(self.fixed_labels)).float()
-            gen = torch.Generator().manual_seed(t.cfg.seed + 1)
-            fakes = torch.cat([model(torch.randn(128, t.cfg.nz, 1, 1, generator=gen).to(dev), *cond(every_class))
-                               .float().cpu() for _ in range(FD_SAMPLES // 128)])
+            gen = torch.Generator().manual_seed(t.cfg.schedule.seed + 1)
+            fakes = torch.cat([model(torch.randn(128, t.cfg.network.nz, 1, 1, generator=gen).to(dev),
+                                     *cond(every_class)).float().cpu() for _ in range(FD_SAMPLES // 128)])
         model.train(was_training)
         samples = t.out / "samples"
         step_png = samples / f"step-{tick.step:06d}.png"
@@ -223,8 +224,8 @@ class Sample(Action):
     def real_sample(self, limit: int = 2048) -> torch.Tensor:
         """Up to `limit` real images (uint8) for the Frechet-distance reference."""
         t = self.trainer
-        reader = ShardedReader(t.cfg.data, rank=0, size=1, batch_size=min(256, t.reader.manifest.count),
-                               seed=t.cfg.seed, in_memory=False)
+        reader = ShardedReader(t.cfg.dataset.data, rank=0, size=1, seed=t.cfg.schedule.seed, in_memory=False,
+                               batch_size=min(256, t.reader.manifest.count))
         chunks, n = [], 0
         for images, _ in reader.epoch(0):
             chunks.append(images)
@@ -238,7 +239,7 @@ class Evaluate(Action):
     """Every rank: Inception metrics of G's EMA (hvdgan.eval.evaluate); a new best FID -> ckpt-best.pt."""
 
     def __init__(self, trainer):
-        super().__init__("evaluate", trainer.cfg.eval_every)
+        super().__init__("evaluate", trainer.cfg.evaluation.eval_every)
         self.trainer = trainer
 
     def run(self, tick: Tick) -> None:

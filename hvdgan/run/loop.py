@@ -42,22 +42,24 @@ class Trainer:
         # 1. the world and this rank's shards (the reader checks the dataset and the batch size against it,
         #    naming the file; the same on every rank)
         self.world = world = World.from_horovod()
-        self.reader = ShardedReader(options.data, rank=world.rank, size=world.size, batch_size=options.batch_size,
-                                    seed=options.seed, in_memory=options.in_memory, local_size=world.local_size)
+        data, schedule = options.dataset, options.schedule
+        self.reader = ShardedReader(data.data, rank=world.rank, size=world.size, batch_size=schedule.batch_size,
+                                    seed=schedule.seed, in_memory=data.in_memory, local_size=world.local_size)
         m = self.reader.manifest
         # 2. everything that depends on the devices, the data and the world, decided once
         self.cfg: Resolved = resolve(options, world, DataFacts(m.channels, m.height, self.reader.batches_per_epoch))
         cfg = self.cfg
         torch.set_num_threads(cfg.threads)
-        self.out = Path(cfg.out)
-        if cfg.conditional and not m.has_labels:
-            raise HvdganError(f"{cfg.data}: --conditional needs class labels, but this dataset has none (its "
+        self.out = Path(cfg.output.out)
+        if cfg.network.conditional and not m.has_labels:
+            raise HvdganError(f"{cfg.dataset.data}: --conditional needs class labels, but this dataset has none (its "
                               "manifest says labels: null); prepare it from a labelled source (digits, CIFAR-10, "
                               "class sub-folders) or train without --conditional")
-        self.classes = len(m.labels) if cfg.conditional else 0
+        self.classes = len(m.labels) if cfg.network.conditional else 0
         # 3. the networks on this rank's devices, and the GAN step with its Horovod optimizers
-        torch.manual_seed(cfg.seed)
-        G, D = build(cfg.model, cfg.nz, cfg.ngf, cfg.ndf, cfg.channels, cfg.image_size, cfg.spectral_norm, self.classes)
+        net = cfg.network
+        torch.manual_seed(cfg.schedule.seed)
+        G, D = build(net.model, net.nz, net.ngf, net.ndf, cfg.channels, cfg.image_size, net.spectral_norm, self.classes)
         G, D = place(G, cfg.devices["G"]), place(D, cfg.devices["D"])
         if cfg.channels_last:
             G.to(memory_format=torch.channels_last)
@@ -65,19 +67,19 @@ class Trainer:
         if cfg.on_cuda:
             torch.backends.cudnn.benchmark = True
         self.arch = {"G": architecture(G), "D": architecture(D)}
-        noise = torch.Generator(first_device(G)).manual_seed(cfg.seed * 100_003 + world.rank)  # per rank
+        noise = torch.Generator(first_device(G)).manual_seed(cfg.schedule.seed * 100_003 + world.rank)  # per rank
         self.state = RunState(noise=noise)
         self.stop = stop_flag(world.hvd) if stop_flag else None  # USR1/TERM: all ranks stop at one step
         self.gan = GAN(G, D, cfg.gan, world.hvd, stop_flag=self.stop, rng=noise)
         # 4. evaluation: reference features now (cached beside the data), so that a bad weights file fails early
         self.evaluator = None
-        if cfg.eval_every:
+        if cfg.evaluation.eval_every:
             from ..eval.evaluate import for_training
 
             self.evaluator = for_training(cfg, world, evaluation_device(cfg.devices))
         # 5. the checkpoint to continue from (--resume), on every rank
-        self.checkpoints = Checkpointer(self.out, cfg.keep_checkpoints, world)
-        self.checkpoints.restore(cfg.resume, self.gan, self.state, self.arch, cfg.batch_size,
+        self.checkpoints = Checkpointer(self.out, cfg.output.keep_checkpoints, world)
+        self.checkpoints.restore(cfg.output.resume, self.gan, self.state, self.arch, cfg.schedule.batch_size,
                                  self.reader.batches_per_epoch)
         self.runlog: RunLog | None = None  # rank 0's, from run() on
         self.actions = periodic.standard(self) + list(actions)
@@ -131,9 +133,9 @@ class Trainer:
         if world.root:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-            self.runlog = RunLog(self.out, cfg.tensorboard, resume_step=self.state.step)
+            self.runlog = RunLog(self.out, cfg.output.tensorboard, resume_step=self.state.step)
             log.info("training %d steps on %d rank(s), batch %d per rank, %s; out: %s", cfg.total_steps,
-                     world.size, cfg.batch_size, describe(cfg.devices), self.out)
+                     world.size, cfg.schedule.batch_size, describe(cfg.devices), self.out)
         # every rank's node, local rank and shards -> world.json (a collective; rank 0 made the directory)
         nodes = topology.record_world(world.hvd, self.reader, self.state.epoch, self.out)
         if world.root:
