@@ -33,7 +33,7 @@ def worker(args) -> None:
     import torch
 
     from hvdgan.dist.world import World
-    from hvdgan.eval.evaluate import generated_features
+    from hvdgan.eval.features import generated_features
     from hvdgan.eval.inception import InceptionFeatures
     from hvdgan.models.dcgan import Generator
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from hvdgan.dist.world import World
-from hvdgan.eval.evaluate import Evaluator, generated_features
+from hvdgan.eval.evaluate import Evaluator
+from hvdgan.eval.features import generated_features
 from hvdgan.models.dcgan import Generator
 
 

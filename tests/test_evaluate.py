@@ -15,7 +15,7 @@ import torch
 
 import inception_files
 from conftest import ROOT, hvdgan, launch, run_env
-from hvdgan.eval import evaluate
+from hvdgan.eval import features
 from hvdgan.eval import inception
 from hvdgan.run import runlog as metrics
 from hvdgan.eval import scores
@@ -97,7 +97,7 @@ def test_precision_recall_against_brute_force():
     assert 0 < p < 1 and 0 < r < 1
     assert scores.precision_recall(real, real) == (1.0, 1.0)
     assert scores.precision_recall(real, real + 100) == (0.0, 0.0)
-    with pytest.raises(ValueError, match="fid, kid, pr"):
+    with pytest.raises(HvdganError, match="fid, kid, pr"):
         scores.parse_metrics("fid,is")
 
 
@@ -173,7 +173,7 @@ def test_reference_features_are_cached_and_invalidated(digits, tmp_path):
     from eval_worker import TinyFeatures
 
     data = tmp_path / "digits"
-    shutil.copytree(digits, data, ignore=shutil.ignore_patterns(evaluate.CACHE_DIR))
+    shutil.copytree(digits, data, ignore=shutil.ignore_patterns(features.CACHE_DIR))
     calls = []
 
     class Counting(TinyFeatures):
@@ -182,19 +182,19 @@ def test_reference_features_are_cached_and_invalidated(digits, tmp_path):
             return super().__call__(images)
 
     ex = Counting()
-    first = evaluate.dataset_features(data, ex, limit=200, progress=False)
-    assert sum(calls) == 200 and len(list((data / evaluate.CACHE_DIR).glob("features-*.npz"))) == 1
-    again = evaluate.dataset_features(data, ex, limit=200, progress=False)
+    first = features.dataset_features(data, ex, limit=200, progress=False)
+    assert sum(calls) == 200 and len(list((data / features.CACHE_DIR).glob("features-*.npz"))) == 1
+    again = features.dataset_features(data, ex, limit=200, progress=False)
     assert sum(calls) == 200 and np.array_equal(first, again)  # from the cache
-    evaluate.dataset_features(data, ex, limit=100, progress=False)
+    features.dataset_features(data, ex, limit=100, progress=False)
     assert sum(calls) == 300  # another count: another entry
     shard = sorted(data.glob("shard-*.h5"))[0]
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))  # a shard changed
-    evaluate.dataset_features(data, ex, limit=200, progress=False)
+    features.dataset_features(data, ex, limit=200, progress=False)
     assert sum(calls) == 500
     # the dataset re-prepared (other shuffle): the manifest's checksums change, so does the key
     hvdgan("prepare", "digits", data, "--shards", "4", "--seed", "5", "--overwrite")
-    changed = evaluate.dataset_features(data, ex, limit=200, progress=False)
+    changed = features.dataset_features(data, ex, limit=200, progress=False)
     assert sum(calls) == 700 and not np.array_equal(first, changed)
 
 
@@ -264,7 +264,7 @@ def test_bundled_inception_digits_halves_close_noise_far(digits):
     halves is small, against noise large (small N: FID is biased upwards, so only the ratio is tested)."""
     net = inception.InceptionFeatures(bundled_inception())
     assert net.kind == "fid-helper"
-    feats = evaluate.dataset_features(digits, net, limit=REAL_NUM, progress=False)
+    feats = features.dataset_features(digits, net, limit=REAL_NUM, progress=False)
     assert feats.shape == (REAL_NUM, 2048) and np.isfinite(feats).all() and feats.min() >= 0
     noise = torch.randint(0, 256, (32, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     noise_feats = net(noise).numpy()
@@ -285,7 +285,7 @@ def bundled_features(digits):
     from hvdgan.data import open_manifest
 
     path = bundled_inception()
-    images = evaluate.read_rows(open_manifest(digits), 0, AGREE_NUM)
+    images = features.read_rows(open_manifest(digits), 0, AGREE_NUM)
     return path, images, inception.InceptionFeatures(path)(images).numpy()
 
 
@@ -308,12 +308,12 @@ def test_pytorch_fid_state_dict_gives_the_bundled_features(digits, tmp_path, mon
     pth = tmp_path / inception.PYTORCH_FID
     torch.save(state, pth, _use_new_zipfile_serialization=False)
     data = tmp_path / "digits"  # a copy: its eval-cache/ then holds only this network's features
-    shutil.copytree(digits, data, ignore=shutil.ignore_patterns(evaluate.CACHE_DIR))
+    shutil.copytree(digits, data, ignore=shutil.ignore_patterns(features.CACHE_DIR))
     out = json.loads(hvdgan("evaluate", "--real", data, "--real", data, "--real-num", AGREE_NUM,
                             "--inception", pth).stdout)
     assert out["features"]["format"] == "pytorch-fid" and out["features"]["sha1"] == inception.sha1_file(pth)
     assert out["metrics"]["fid"] == pytest.approx(0, abs=1e-6)  # one set against itself
-    [cached] = (data / evaluate.CACHE_DIR).glob("features-*.npz")  # what --inception PTH computed
+    [cached] = (data / features.CACHE_DIR).glob("features-*.npz")  # what --inception PTH computed
     with np.load(cached) as z:
         feats = z["features"]
     rel, fid = agreement(feats, ref)

@@ -131,6 +131,7 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
     Shards are written by `workers` processes (spawned; each opens only its own files), and under a launcher
     (mpirun/horovodrun/srun, detected from the environment) every rank writes shards i with i % size == rank
     and rank 0 writes the manifest once all shards exist. Returns the manifest (None on ranks other than 0).
+    Every phase ends in an agreement: a failure on any rank stops every rank there.
     """
     out = Path(out)
     if compression not in COMPRESSIONS:
@@ -138,12 +139,17 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
     if workers < 1:
         raise HvdganError(f"--workers: must be >= 1, got {workers}")
     bounds = plan_shards(source.count, shards, per_shard)
-    k = len(bounds)
     if use_horovod is None:
         use_horovod = distributed.launcher_world()[0]
     world = World.join(use_horovod)
+    _claim(out, overwrite, world)  # 1. the overwrite policy, before anything is touched
+    tasks = _tasks(out, source, bounds, compression, shuffle_seed, workers, world)  # 2. which images go where
+    records = _write_shards(out, tasks, workers, progress, world)  # 3. the shards
+    return _write_manifest(out, source, bounds, compression, shuffle_seed, records, world)  # 4. the manifest
 
-    # 1. overwrite policy, agreed by all ranks before anything is touched
+
+def _claim(out: Path, overwrite: bool, world: World) -> None:
+    """Every rank agrees that `out` may be written; rank 0 makes it and removes an old manifest."""
     error = None
     try:
         existing = _existing_dataset(out)
@@ -162,19 +168,20 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
             error = f"{out}: cannot create the dataset directory: {exc}"
     world.agree(error, "hvdgan.prepare")
 
-    # 2. the shards: which source images go where (identical on every rank: fixed seed, sorted sources)
+
+def _tasks(out: Path, source, bounds, compression: str, shuffle_seed: int | None, workers: int,
+           world: World) -> list[_ShardTask]:
+    """This rank's shards: which source images go to each (identical on every rank: fixed seed, sorted)."""
     order = np.arange(source.count, dtype=np.int64)
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(source.count)
     c, h, w = source.channels, source.height, source.width
-    chunk_rows = chunk_rows_for(c, h, w)
-    has_labels = source.label_names is not None
-    mine = [i for i in range(k) if i % world.size == world.rank]
     tasks = []
-    for i in mine:
+    for i in range(world.rank, len(bounds), world.size):
         idx = np.sort(order[bounds[i][0]:bounds[i][1]])
-        task = _ShardTask(out=str(out), index=i, shards=k, idx=idx, compression=compression, chunk_rows=chunk_rows,
-                          shape=(c, h, w), has_labels=has_labels)
+        task = _ShardTask(out=str(out), index=i, shards=len(bounds), idx=idx, compression=compression,
+                          chunk_rows=chunk_rows_for(c, h, w), shape=(c, h, w),
+                          has_labels=source.label_names is not None)
         if getattr(source, "portable", False) and workers > 1:
             task.source = source
         elif workers > 1:
@@ -182,11 +189,15 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
         else:
             task.source = source
         tasks.append(task)
+    return tasks
 
+
+def _write_shards(out: Path, tasks: list[_ShardTask], workers: int, progress: bool, world: World) -> dict:
+    """Write this rank's shards (in `workers` processes); {shard index: its record}."""
     records, error = {}, None
     total_mine = sum(len(t.idx) for t in tasks)
     bar = progress_bar(total=total_mine * world.size if world.size > 1 else total_mine,
-               desc=f"prepare {out.name}", enabled=progress and world.rank == 0)
+                       desc=f"prepare {out.name}", enabled=progress and world.rank == 0)
     try:
         if workers > 1 and len(tasks) > 1:
             import multiprocessing
@@ -211,8 +222,12 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
     finally:
         bar.close()
     world.agree(error, "hvdgan.prepare")
+    return records
 
-    # 3. rank 0 writes the manifest once every shard exists
+
+def _write_manifest(out: Path, source, bounds, compression: str, shuffle_seed: int | None, records: dict,
+                    world: World) -> Manifest | None:
+    """Rank 0 writes the manifest once every shard exists, and removes the shards an overwrite replaced."""
     gathered = world.gather(records, "hvdgan.prepare")
     manifest, error = None, None
     if world.rank == 0:
@@ -220,11 +235,12 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
             merged = {}
             for part in gathered:
                 merged.update(part)
-            recs = [ShardRecord(**merged[i]) for i in range(k)]
+            recs = [ShardRecord(**merged[i]) for i in range(len(bounds))]
+            c, h, w = source.channels, source.height, source.width
             manifest = Manifest(root=out, count=source.count, height=h, width=w, channels=c, dtype="uint8",
-                                labels=source.label_names if has_labels else None, shards=recs,
-                                compression=compression, chunk_rows=chunk_rows, source=source.describe(),
-                                seed=shuffle_seed, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                                labels=source.label_names, shards=recs, compression=compression,
+                                chunk_rows=chunk_rows_for(c, h, w), source=source.describe(), seed=shuffle_seed,
+                                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             tmp = out / f".{MANIFEST}.tmp"
             tmp.write_text(manifest.to_json())
             os.replace(tmp, out / MANIFEST)
