@@ -6,8 +6,8 @@ import sys
 
 from .dist import stop
 
-# `hvdgan train`: USR1/TERM set the stop flag from the first moment on (hvdgan/dist/stop.py), before anything slow
-# is imported. Other commands keep the default (a signal ends them).
+# `hvdgan train`: USR1/TERM set the stop flag from the first moment on (hvdgan/dist/stop.py), before anything
+# slow is imported. Other commands keep the default (a signal ends them).
 if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
     stop.install()
 
@@ -18,21 +18,17 @@ from .config import OPTIONS
 from .errors import HvdganError
 
 
-class Failure(click.ClickException):
-    """An HvdganError as Click reports it: `Error: MESSAGE` on stderr, exit status 2."""
-
-    exit_code = HvdganError.exit_code
-
-
 class Commands(click.Group):
     """hvdgan's commands: the library's HvdganError, raised while a command's options are read (a job file)
-    or while it runs, becomes Click's one-line error."""
+    or while it runs, becomes Click's one-line error (`Error: MESSAGE`) with its exit status, 2."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except HvdganError as exc:
-            raise Failure(exc.message) from None
+            failure = click.ClickException(exc.message)
+            failure.exit_code = exc.exit_code
+            raise failure from None
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HVDGAN"})
@@ -117,7 +113,6 @@ def data_check(directory, quiet):
                    f"({m.total_bytes:,} bytes, compression {m.compression}); sha256 and structure match {data.MANIFEST}")
 
 
-
 # ------------------------------------------------------------------------------------------- train
 def _config_options(func):
     """One option per configuration field (hvdgan/config/options.py declares each: type, default, help)."""
@@ -126,9 +121,9 @@ def _config_options(func):
         if spec.type is bool:
             opt = click.option(f"{flag}/--no-{spec.name.replace('_', '-')}", default=None, help=spec.help)
         else:
+            shown = repr(spec.default) if spec.default not in (None, "") else False
             opt = click.option(flag, type=click.Choice(spec.choices) if spec.choices else spec.type, default=None,
-                               help=spec.help,
-                               show_default=repr(spec.default) if spec.default not in (None, "") else False)
+                               help=spec.help, show_default=shown)
         func = opt(func)
     return func
 
@@ -147,12 +142,10 @@ def _config(ctx, values: dict):
     from click.core import ParameterSource
     from .config import build
 
-    job = ctx.meta.get("hvdgan.job")
-
     def where(key):
         source = ctx.get_parameter_source(key)
         if source == ParameterSource.DEFAULT_MAP:
-            return f"{job}: {key}"
+            return f"{ctx.meta.get('hvdgan.job')}: {key}"
         if source == ParameterSource.ENVIRONMENT:
             return f"HVDGAN_{ctx.info_name.upper()}_{key.upper()}"
         return "--" + key.replace("_", "-")
@@ -292,9 +285,7 @@ def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, dry_run, job, extra
         raise click.BadParameter(f"must be >= 1, got {np_}", param_hint="'--np'")
     load_job_file(job)  # a missing job file, an unknown key or a bad value stops here, naming the file
     controller = None if gloo is None else ("gloo" if gloo else "mpi")
-    extra = list(extra)
-    if extra[:1] == ["--"]:  # options stop at JOB, so click hands the separator on
-        extra = extra[1:]
+    extra = list(extra[1:] if extra[:1] == ("--",) else extra)  # (options stop at JOB: click hands `--` on)
     try:
         cmd = launch_mod.compose(np_, job, extra, launcher=launcher, controller=controller,
                                  hosts=hosts, hostfile=hostfile, mca=mca, iface=iface)
