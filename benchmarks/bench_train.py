@@ -44,7 +44,7 @@ def plain_worker(args) -> dict:
     from torch import nn
 
     from hvdgan.data import read_all
-    from hvdgan.models.zoo import build
+    from hvdgan.models.zoo import build_networks
 
     hvd = None
     if args.horovod:
@@ -55,7 +55,7 @@ def plain_worker(args) -> dict:
     torch.manual_seed(0)
     images = torch.from_numpy(read_all(args.data)[0])
     channels, size = images.shape[1], images.shape[2]
-    netG, netD = build(args.model, args.nz, args.ngf, args.ndf, channels, size)
+    netG, netD = build_networks(args.model, args.nz, args.ngf, args.ndf, channels, size)
     optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
     optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
     if hvd is not None:

@@ -14,7 +14,8 @@ if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
 import click  # noqa: E402
 
 from . import __version__
-from .config import OPTIONS
+from .config import OPTIONS, build, load_job_file
+from .dist.launch import LAUNCHERS
 from .errors import HvdganError
 
 
@@ -130,8 +131,6 @@ def _config_options(func):
 
 def _load_job(ctx, param, value):
     if value:
-        from .config import load_job_file
-
         ctx.default_map = {**(ctx.default_map or {}), **load_job_file(value)}
         ctx.meta["hvdgan.job"] = value
     return value
@@ -140,7 +139,6 @@ def _load_job(ctx, param, value):
 def _config(ctx, values: dict):
     """Merge options over the job file over the defaults; errors name where the bad value came from."""
     from click.core import ParameterSource
-    from .config import build
 
     def where(key):
         source = ctx.get_parameter_source(key)
@@ -258,8 +256,8 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
 @click.option("--np", "-np", "np_", type=int, required=True, help="Number of ranks (processes) to start.")
 @click.option("--hosts", "-H", metavar="H1:N,H2:N", help="Hosts and slots (default: this host).")
 @click.option("--hostfile", type=click.Path(exists=True, dir_okay=False), help="Open MPI / Horovod hostfile.")
-@click.option("--launcher", type=click.Choice(["horovodrun", "mpirun", "srun"]), default="horovodrun",
-              show_default=True, help="srun runs with --mpi=pmix (inside or outside an allocation).")
+@click.option("--launcher", type=click.Choice(LAUNCHERS), default="horovodrun", show_default=True,
+              help="srun runs with --mpi=pmix (inside or outside an allocation).")
 @click.option("--gloo/--mpi", "gloo", default=None, help="horovodrun's controller (default: horovodrun's choice).")
 @click.option("--mca", multiple=True, metavar="KEY=VALUE",
               help="mpirun's Open MPI settings, repeatable; replace the default $HVDGAN_MPIRUN_MCA or "
@@ -279,7 +277,6 @@ def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, dry_run, job, extra
         hvdgan launch --np 4 --launcher mpirun jobs/cifar10-dcgan64.yaml -- --max-steps 1000
     """
     from .dist import launch as launch_mod
-    from .config import load_job_file
 
     if np_ < 1:
         raise click.BadParameter(f"must be >= 1, got {np_}", param_hint="'--np'")

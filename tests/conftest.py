@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 HVDGAN = str(BIN / "hvdgan")
 
 # launcher name -> Launch
-LAUNCHERS = {
+LAUNCH_SPECS = {
     "gloo": Launch(np=2, launcher="horovodrun", controller="gloo"),
     "mpi": Launch(np=2, launcher="horovodrun", controller="mpi"),
     "mpirun": Launch(np=2, launcher="mpirun"),
@@ -47,7 +47,7 @@ def run_env(**extra) -> dict:
 def launch(launcher: str, argv: list[str], np: int = 2, timeout: float = 180, env=None, cwd=None,
            check: bool = True) -> subprocess.CompletedProcess:
     """Run argv on `np` ranks with the named launcher (gloo, mpi, mpirun); a hang fails the test."""
-    spec = LAUNCHERS[launcher]
+    spec = LAUNCH_SPECS[launcher]
     cmd = Launch(np=np, launcher=spec.launcher, controller=spec.controller).command(argv)
     env = env or run_env()
     try:

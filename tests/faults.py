@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HVDGAN, ROOT, LAUNCHERS, launch, run_env
+from conftest import HVDGAN, ROOT, LAUNCH_SPECS, launch, run_env
 from hvdgan.dist.launch import Launch
 
 DEMO = ROOT / "jobs" / "digits-demo.yaml"
@@ -123,7 +123,7 @@ def wait_for(cond, timeout: float, what: str, proc=None, interval: float = 0.05)
 
 def start(launcher: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
     """argv on 2 ranks in the background, in its own process group (kill_group() ends it all)."""
-    spec = LAUNCHERS[launcher]
+    spec = LAUNCH_SPECS[launcher]
     cmd = Launch(np=2, launcher=spec.launcher, controller=spec.controller).command(argv)
     return subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env or run_env())

@@ -27,7 +27,7 @@ from hvdgan.dist import horovod as dist
 from hvdgan.config import DataFacts, build, resolve
 from hvdgan.dist.world import World
 from hvdgan.gan import GAN
-from hvdgan.models.zoo import build as build_nets
+from hvdgan.models.zoo import build_networks as build_nets
 
 
 def flat(*models) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The launcher world (hvdgan.dist.horovod.LAUNCHERS, one list): what `prepare` detects before Horovod starts, and
+"""The launcher world (hvdgan.dist.horovod.LAUNCHER_ENV, one list): what `prepare` detects before Horovod starts, and
 the plain-srun guard, read the same variables. Checked on the real launchers: horovodrun (Gloo and MPI), Open
 MPI's mpirun, and srun --mpi=pmi2 / --mpi=pmix on the test Slurm cluster."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import launch, run_env
-from hvdgan.dist.horovod import LAUNCHERS, check_launch, launcher_world
+from hvdgan.dist.horovod import LAUNCHER_ENV, check_launch, launcher_world
 from hvdgan.errors import HvdganError
 from slurm_cluster import slurm_cluster  # noqa: F401  (the session fixture)
 
@@ -30,7 +30,7 @@ ENVS = {
 
 
 def test_every_launcher_is_listed_once():
-    assert sorted(ENVS) == sorted(LAUNCHERS)
+    assert sorted(ENVS) == sorted(LAUNCHER_ENV)
 
 
 @pytest.mark.parametrize("name", sorted(ENVS))

@@ -21,7 +21,7 @@ from hvdgan.run.runlog import read_metrics
 from conftest import input_moves
 from hvdgan.models.placement import block_devices, place
 from hvdgan.models.dcgan import ClassInput, CondBatchNorm2d, Discriminator, Generator
-from hvdgan.models.zoo import architecture, build, generator_from_arch
+from hvdgan.models.zoo import architecture, build_networks, generator_from_arch
 
 WORKER = str(ROOT / "tests" / "gan_worker.py")
 TINY = ["--model", "resnet", "--ngf", "4", "--ndf", "4", "--nz", "16", "--batch-size", "16", "--log-every", "1",
@@ -32,7 +32,7 @@ TINY = ["--model", "resnet", "--ngf", "4", "--ndf", "4", "--nz", "16", "--batch-
 @pytest.mark.parametrize("size", [32, 64])
 @pytest.mark.parametrize("classes", [0, 10])
 def test_resnet_shapes_blocks_and_architecture(size, classes):
-    G, D = build("resnet", 16, 4, 4, 3, size, num_classes=classes)
+    G, D = build_networks("resnet", 16, 4, 4, 3, size, num_classes=classes)
     assert [n for n, _ in G.named_children()] == ["stem", "body", "out"]
     assert [n for n, _ in D.named_children()] == ["trunk", "head"]
     y = torch.arange(5) % 10 if classes else None
@@ -56,7 +56,7 @@ def test_resnet_shapes_blocks_and_architecture(size, classes):
 def test_conditional_dcgan_shapes_blocks_and_architecture(size, sn):
     # conditional BatchNorm after every BatchNorm of G, a projection head in D; unconditional state-dict
     # keys unchanged (checkpoints of earlier versions still load)
-    G, D = build("dcgan", 16, 4, 4, 3, size, sn, num_classes=10)
+    G, D = build_networks("dcgan", 16, 4, 4, 3, size, sn, num_classes=10)
     assert [n for n, _ in G.named_children()] == ["stem", "body", "out"]
     assert [n for n, _ in D.named_children()] == ["trunk", "head"]
     y = torch.arange(5) % 10
@@ -67,7 +67,7 @@ def test_conditional_dcgan_shapes_blocks_and_architecture(size, sn):
     assert architecture(G)["num_classes"] == architecture(D)["num_classes"] == 10
     G2 = generator_from_arch(architecture(G))
     G2.load_state_dict(G.state_dict())
-    plain_G, plain_D = build("dcgan", 16, 4, 4, 3, size, sn)
+    plain_G, plain_D = build_networks("dcgan", 16, 4, 4, 3, size, sn)
     assert "num_classes" not in architecture(plain_G) and "num_classes" not in architecture(plain_D)
     assert list(plain_G.state_dict()) == list(Generator(16, 4, 3, size).state_dict())
     assert "stem.1.weight" in plain_G.state_dict() and "head.0.weight" in Discriminator(4, 3, size).state_dict()
@@ -76,7 +76,7 @@ def test_conditional_dcgan_shapes_blocks_and_architecture(size, sn):
 @pytest.mark.parametrize("family", ["resnet", "dcgan"])
 def test_conditional_outputs_depend_on_the_label(family):
     torch.manual_seed(0)
-    G, D = build(family, 16, 4, 4, 1, 32, num_classes=10)
+    G, D = build_networks(family, 16, 4, 4, 1, 32, num_classes=10)
     G.eval()
     with torch.no_grad():  # (a fresh CondBN starts at gain 1, bias 0: give the classes their own)
         for m in G.modules():
@@ -94,7 +94,7 @@ def test_conditional_outputs_depend_on_the_label(family):
 @pytest.mark.parametrize("family,classes", [("resnet", 0), ("resnet", 10), ("dcgan", 10)])
 def test_placed_model_matches_the_unplaced_one(family, classes):
     torch.manual_seed(0)
-    G0, D0 = build(family, 16, 4, 4, 1, 32, num_classes=classes)
+    G0, D0 = build_networks(family, 16, 4, 4, 1, 32, num_classes=classes)
     G1, D1 = copy.deepcopy(G0), copy.deepcopy(D0)
     devices = {"G": {"stem": "cpu", "body": torch.device("cpu", 0), "out": "cpu"},
                "D": {"trunk": torch.device("cpu", 0), "head": "cpu"}}
@@ -115,7 +115,7 @@ def test_placed_model_matches_the_unplaced_one(family, classes):
 @pytest.mark.parametrize("family,bns,conditional", [("resnet", 2 * 3 + 1, 6), ("dcgan", 3, 3)])
 def test_conditional_batchnorm_becomes_sync_batchnorm(family, bns, conditional):
     # resnet: two conditional BNs per block, and out's BN; dcgan: every BN of G is conditional
-    G, _ = build(family, 16, 4, 4, 1, 32, num_classes=10)
+    G, _ = build_networks(family, 16, 4, 4, 1, 32, num_classes=10)
     counter = [0]
     syncbn.convert(G, counter)
     found = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

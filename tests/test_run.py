@@ -14,7 +14,7 @@ from hvdgan.dist.world import World
 from hvdgan.errors import HvdganError
 from hvdgan.gan import GAN
 from hvdgan.models.placement import Placement, block_devices, default_device, evaluation_device
-from hvdgan.models.zoo import architecture, build as build_nets
+from hvdgan.models.zoo import architecture, build_networks as build_nets
 from hvdgan.run.actions import Action, Tick
 from hvdgan.run.checkpointer import Checkpointer
 from hvdgan.run.state import RunState

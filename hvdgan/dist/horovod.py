@@ -32,13 +32,13 @@ def init() -> None:
 # The launchers that join ranks into one world, and the variables each sets on every rank: (rank, size).
 # The one list that both the srun guard (check_launch) and `prepare` (launcher_world) read. PMIx does not
 # export the size; srun sets SLURM_STEP_NUM_TASKS (SLURM_NTASKS) to it.
-LAUNCHERS = {
+LAUNCHER_ENV = {
     "horovodrun --gloo": ("HOROVOD_RANK", "HOROVOD_SIZE"),
     "Open MPI (mpirun, horovodrun --mpi)": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
     "PMIx (srun --mpi=pmix)": ("PMIX_RANK", None),
     "PMI-2 (srun --mpi=pmi2)": ("PMI_RANK", "PMI_SIZE"),
 }
-LAUNCHER_VARS = tuple(rank for rank, _ in LAUNCHERS.values())
+LAUNCHER_VARS = tuple(rank for rank, _ in LAUNCHER_ENV.values())
 SLURM_SIZE_VARS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
 
 
@@ -61,7 +61,7 @@ def check_world(size: int, env=os.environ) -> None:
     if not step_tasks or not step_tasks.isdigit():
         return
     expected = int(step_tasks)
-    launcher_size = next((env[v] for _, v in LAUNCHERS.values() if v and env.get(v, "").isdigit()), None)
+    launcher_size = next((env[v] for _, v in LAUNCHER_ENV.values() if v and env.get(v, "").isdigit()), None)
     if size > 1 and launcher_size and int(launcher_size) == size:
         return
     if size != expected:
@@ -73,9 +73,9 @@ def check_world(size: int, env=os.environ) -> None:
 
 
 def launcher_world(env=os.environ) -> tuple[bool, int, int]:
-    """(under a launcher?, rank, size) from the launcher's environment (LAUNCHERS), without initialising
+    """(under a launcher?, rank, size) from the launcher's environment (LAUNCHER_ENV), without initialising
     Horovod: `prepare` decides from it whether to join a world."""
-    for rank_var, size_var in LAUNCHERS.values():
+    for rank_var, size_var in LAUNCHER_ENV.values():
         if rank_var in env:
             size = env.get(size_var) if size_var else None
             size = size or next((env[k] for k in SLURM_SIZE_VARS if env.get(k)), "1")

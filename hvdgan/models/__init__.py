@@ -11,5 +11,5 @@ Nothing here imports Horovod: the networks are plain PyTorch modules. The packag
 (imported without torch, e.g. by the configuration's checks).
 """
 
-MODELS = ("dcgan", "resnet")  # the families, by `--model` name (zoo.build)
+MODELS = ("dcgan", "resnet")  # the families, by `--model` name (zoo.build_networks)
 SIZES = (32, 64)  # the image sizes the networks are built for

@@ -25,7 +25,7 @@ from ..dist.world import World
 from ..errors import HvdganError
 from ..gan import GAN, first_device
 from ..models.placement import describe, evaluation_device, place
-from ..models.zoo import architecture, build
+from ..models.zoo import architecture, build_networks
 from . import actions as periodic
 from .actions import Action, Tick
 from .checkpointer import Checkpointer
@@ -59,7 +59,7 @@ class Trainer:
         # 3. the networks on this rank's devices, and the GAN step with its Horovod optimizers
         net = cfg.network
         torch.manual_seed(cfg.schedule.seed)
-        G, D = build(net.model, net.nz, net.ngf, net.ndf, cfg.channels, cfg.image_size, net.spectral_norm, self.classes)
+        G, D = build_networks(net.model, net.nz, net.ngf, net.ndf, cfg.channels, cfg.image_size, net.spectral_norm, self.classes)
         G, D = place(G, cfg.devices["G"]), place(D, cfg.devices["D"])
         if cfg.channels_last:
             G.to(memory_format=torch.channels_last)
