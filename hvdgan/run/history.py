@@ -10,45 +10,16 @@ is dropped with a warning instead of failing every later resume.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from pathlib import Path
 
 from .checkpoint import list_checkpoints, step_of
+from .runlog import read_records, write_records
 
 log = logging.getLogger("hvdgan")
 SAMPLE = re.compile(r"^step-(\d+)\.png$")
-
-
-def read_records(path: Path, warn: bool = True) -> list[dict]:
-    """metrics.jsonl as a list of records; lines that do not parse (a torn last line) are dropped, with a
-    warning naming the file and the line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
-            if warn:
-                log.warning("%s:%d: dropped a torn or unreadable record (%r)", path, number, line[:80])
-            continue
-        records.append(record)
-    return records
-
-
-def write_records(path: Path, records: list[dict]) -> None:
-    """Rewrite `path` with `records` atomically (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
 
 
 def abandon_after(out: Path, step: int) -> Path | None:

@@ -1,9 +1,11 @@
-"""What a user looks at: metrics.jsonl, TensorBoard events, sample grids, the loss plot, and a simple
-quality measure (the Frechet distance of 8x8-downsampled images, with hvdgan.eval.scores' formula)."""
+"""What a user looks at: metrics.jsonl (this module is its one reader and writer: one JSON record a line,
+torn lines dropped), TensorBoard events, sample grids, the loss plot, and a simple quality measure (the
+Frechet distance of 8x8-downsampled images, with hvdgan.eval.scores' formula)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..eval.scores import frechet_distance, gaussian  # noqa: F401  (the one Frechet distance, shared with FID)
+
+log = logging.getLogger("hvdgan")
 
 
 # ------------------------------------------------------------------------ Frechet distance (8x8)
@@ -60,9 +64,37 @@ class RunLog:
             self.tb.close()
 
 
-def read_metrics(path: Path) -> list[dict]:
-    from .history import read_records
+def read_records(path: Path, warn: bool = True) -> list[dict]:
+    """metrics.jsonl as a list of records; lines that do not parse (a torn last line) are dropped, with a
+    warning naming the file and the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if warn:
+                log.warning("%s:%d: dropped a torn or unreadable record (%r)", path, number, line[:80])
+            continue
+        records.append(record)
+    return records
 
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """Rewrite `path` with `records` atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's records, torn lines dropped silently."""
     return read_records(path, warn=False)
 
 
