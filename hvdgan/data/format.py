@@ -106,7 +106,7 @@ class Manifest:
 
     def check_model_size(self) -> None:
         """Refuse images that DCGAN cannot take (32x32 or 64x64), naming the manifest."""
-        from ..models.dcgan import check_image_size
+        from ..models import check_image_size
 
         if self.height != self.width:
             raise HvdganError(f"{self.path}: images are {self.height}x{self.width}; DCGAN takes square 32x32 or "

@@ -32,7 +32,7 @@ def to_nchw(images: np.ndarray, what: str) -> np.ndarray:
 
 
 def default_size(height: int, width: int) -> int:
-    from ..models.dcgan import SIZES  # the sizes DCGAN takes
+    from ..models import SIZES  # the sizes the networks take
 
     return height if height == width and height in SIZES else 32
 

@@ -272,7 +272,7 @@ def prepare(source: str, out: str, shards: int | None = None, per_shard: int | N
             verify: bool = False, shuffle_seed: int | None = 0, progress: bool = True) -> str | None:
     """`hvdgan prepare`: open a source, write the dataset, optionally verify it. Returns the summary
     paragraph on rank 0 (None on other ranks)."""
-    from ..models.dcgan import check_image_size
+    from ..models import check_image_size
 
     if size is not None:
         check_image_size(size, "--size")

@@ -11,5 +11,14 @@ Nothing here imports Horovod: the networks are plain PyTorch modules. The packag
 (imported without torch, e.g. by the configuration's checks).
 """
 
+from ..errors import HvdganError
+
 MODELS = ("dcgan", "resnet")  # the families, by `--model` name (zoo.build_networks)
 SIZES = (32, 64)  # the image sizes the networks are built for
+
+
+def check_image_size(size: int, what: str = "image size") -> None:
+    """Refuse an image size the networks are not built for (the data's, or `hvdgan prepare --size`)."""
+    if size not in SIZES:
+        raise HvdganError(f"{what} {size}x{size} does not fit DCGAN: it takes 32x32 or 64x64 "
+                          "(re-prepare the data with --size 32 or --size 64)")

@@ -18,15 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import HvdganError
-
-from . import SIZES
-
-
-def check_image_size(size: int, what: str = "image size") -> None:
-    if size not in SIZES:
-        raise HvdganError(f"{what} {size}x{size} does not fit DCGAN: it takes 32x32 or 64x64 "
-                          "(re-prepare the data with --size 32 or --size 64)")
+from . import check_image_size
 
 
 def _levels(image_size: int) -> int:

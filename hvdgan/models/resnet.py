@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dcgan import CondBatchNorm2d, check_image_size
+from . import check_image_size
+from .dcgan import CondBatchNorm2d
 
 
 def _norm(features: int, num_classes: int) -> nn.Module:
