@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from hvdgan import data
 from hvdgan.cli import main
-from hvdgan.data import ShardedReader, open_manifest, read_all, sources, to_float, write_dataset
+from hvdgan.data import ShardedReader, cifar, open_manifest, read_all, sources, to_float, write_dataset
 from hvdgan.errors import HvdganError
 
 
@@ -226,7 +226,7 @@ def test_prepare_cifar_archive_and_folder(tmp_path):
     # a pickle that would run code is refused
     evil = tmp_path / "evil"
     (evil / "cifar-10-batches-py").mkdir(parents=True)
-    for n in list(sources.CIFAR_TRAIN) + ["batches.meta"]:
+    for n in list(cifar.CIFAR_TRAIN) + ["batches.meta"]:
         (evil / "cifar-10-batches-py" / n).write_bytes(pickle.dumps(print))
     r = cli("prepare", evil, tmp_path / "c")
     assert r.exit_code == 2 and "data_batch_1: not a CIFAR-10 python batch" in r.output

@@ -1,9 +1,11 @@
 """Sharded HDF5 datasets: one module a job (docs/data-format.md writes the format down).
 
     format     the format: constants, shard names, chunking, the manifest, shard-against-manifest checks
-    sources    what `prepare` reads: CIFAR-10, image folders, .npy/.npz, the digits demo, in-memory arrays
+    sources    what `prepare` reads: image folders, .npy/.npz, the digits demo, in-memory arrays; which is which
+    cifar      the CIFAR-10 python archive or its folder, unpickled safely
     images     the sources' transforms (to NCHW, channel conversion, crop and resize)
-    write      the writer: `hvdgan prepare`, write_dataset (workers; every rank under a launcher)
+    write      the writer: write_source, write_dataset (workers; every rank under a launcher)
+    prepare    `hvdgan prepare`: a source in, the networks' sizes checked, a dataset out, a summary
     check      `hvdgan data check` and read_all (every image back in source order)
     read       the rank-aware ShardedReader (memory, mapped and streamed read paths)
     tensors    the torch side: to_float
@@ -19,7 +21,8 @@ from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, MANIFEST, SHUFFLE_WIN
 from .read import ShardedReader
 from .sources import ArraySource, open_source
 from .tensors import to_float
-from .write import plan_shards, prepare, write_dataset, write_source
+from .prepare import prepare
+from .write import plan_shards, write_dataset, write_source
 
 __all__ = ["ArraySource", "COMPRESSIONS", "DEFAULT_SHARDS", "FORMAT", "MANIFEST", "Manifest", "SHUFFLE_WINDOW",
            "ShardRecord", "ShardedReader", "VERSION", "check_dataset", "chunk_rows_for", "open_manifest",
