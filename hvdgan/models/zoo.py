@@ -10,7 +10,7 @@ from ..errors import HvdganError
 from . import MODELS, dcgan, resnet
 
 
-def build(model: str, nz: int, ngf: int, ndf: int, channels: int, image_size: int, spectral_norm: bool = False,
+def build_networks(model: str, nz: int, ngf: int, ndf: int, channels: int, image_size: int, spectral_norm: bool = False,
           num_classes: int = 0) -> tuple[nn.Module, nn.Module]:
     """(G, D) of a family; num_classes > 0 makes them class-conditional (conditional BatchNorm in G, a
     projection discriminator)."""
