@@ -104,7 +104,7 @@ def candidates(size: int, n: int, args, work: Path) -> tuple[list, dict]:
                 ep[0] += 1
 
             read()  # warm-up: open (and map, or load) the shards; one rank keeps the same shards every epoch
-            methods.append((f"h5-{comp}{suffix}", read, r.samples_per_epoch))
+            methods.append((f"h5-{comp}{suffix}", read, r.deal.samples_per_epoch))
 
     # (a) torchvision ImageFolder over the same images as PNG
     png = work / f"png-{size}"

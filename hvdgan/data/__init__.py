@@ -7,7 +7,9 @@
     write      the writer: write_source, write_dataset (workers; every rank under a launcher)
     prepare    `hvdgan prepare`: a source in, the networks' sizes checked, a dataset out, a summary
     check      `hvdgan data check` and read_all (every image back in source order)
+    deal       which images each rank reads in an epoch, in which order (reads nothing)
     read       the rank-aware ShardedReader (memory, mapped and streamed read paths)
+    shardio    one shard file: opened once checked, rows read through HDF5, or mapped from the file
     tensors    the torch side: to_float
 
 Nothing here imports torch or Horovod at import time: `prepare`'s worker processes import this package

@@ -20,27 +20,22 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import HvdganError
-from .format import (MANIFEST, SHUFFLE_WINDOW, check_file_size, check_shard_structure, labels_outside, open_manifest,
-                     open_shard, sha256_file)
+from .deal import Deal
+from .format import SHUFFLE_WINDOW, open_manifest
+from .shardio import map_images, open_checked, read_rows_into
 
 
 class ShardedReader:
     """Batches of one rank's share of a sharded dataset.
 
-    Every epoch the shard list is shuffled with (seed, epoch), the same on every rank, and its images, in that
-    shard order, are dealt out in `size` contiguous ranges of floor(N / size) images: rank r reads range r, a
-    few whole shards plus at most two pieces of the shards at its range's ends. Within its range a rank reads
-    contiguous blocks (at most one chunk each), shuffles the blocks, and shuffles the images within windows of
-    `shuffle_window` images; the images of one batch are then put in storage order (a batch is a set; this
-    makes its reads runs of rows). Every rank yields `batches_per_epoch` = floor(floor(N / size) / batch_size)
-    batches, whatever the shard sizes: an epoch is one pass over the data, less fewer than size x batch_size
-    images (the rest of the deal and the last partial batch of each rank; other images every epoch). The
-    order depends only on (manifest, seed, epoch, rank, size, batch_size, shuffle_window): not on `in_memory`
+    The images a rank reads each epoch, and their order, are its share of the epoch's deal (hvdgan.data.deal):
+    they depend only on (manifest, seed, epoch, rank, size, batch_size, shuffle_window), not on `in_memory`
     or `direct`.
 
     in_memory: hold the rank's shards of the epoch in memory (read whole, once per epoch; kept across epochs
     while the rank's shard set stays the same, e.g. always with one rank) when they fit in half the job's
-    memory on the node (cgroup / Slurm limit, else RAM) split between its `local_size` ranks; otherwise stream from the files, one window at a time.
+    memory on the node (cgroup / Slurm limit, else RAM) split between its `local_size` ranks; otherwise stream
+    from the files, one window at a time.
     direct: when streaming uncompressed shards whose chunks lie in order in the file (as `prepare` writes
     them), map the chunks (located through HDF5's chunk index) and gather batches straight from them, instead
     of copying windows through HDF5 first. Read-only mappings; a process maps its own.
@@ -59,23 +54,24 @@ class ShardedReader:
         if check_size:
             m.check_model_size()
         self.rank, self.size, self.batch_size, self.seed = rank, size, batch_size, seed
-        self.shuffle_window = max(shuffle_window, batch_size)  # so that a batch spans at most two windows
         self.verify, self.direct = verify, direct
-        self.min_rank_samples = m.count // size  # every rank's share of an epoch (images are dealt, not shards)
-        self.batches_per_epoch = self.min_rank_samples // batch_size
+        self._counts = np.array([s.count for s in m.shards], dtype=np.int64)
+        self._offsets = m.offsets
+        self.deal = Deal(self._counts, self._offsets, m.chunk_rows, rank, size, batch_size, seed,
+                         max(shuffle_window, batch_size))
+        self.batches_per_epoch = self.deal.batches_per_epoch
+        share = self.deal.min_rank_samples
         if self.batches_per_epoch < 1:
-            raise HvdganError(f"{m.path}: {m.count} images on {size} rank(s) give each rank {self.min_rank_samples}, "
+            raise HvdganError(f"{m.path}: {m.count} images on {size} rank(s) give each rank {share}, "
                               f"fewer than one batch of {batch_size}: lower the batch size or use fewer ranks")
         # a rank holds the shards its range touches: its share, plus the two shards it may share with neighbours
-        most = (self.min_rank_samples + 2 * max(s.count for s in m.shards)) * m.bytes_per_image
+        most = (share + 2 * max(s.count for s in m.shards)) * m.bytes_per_image
         self.in_memory = bool(in_memory)
         from ..dist.resources import memory_budget  # (the job's memory on the node: cgroup, Slurm --mem or RAM)
 
         if in_memory and most > memory_budget(local_size):
             warnings.warn(f"{m.root}: a rank's shards ({most / 1e9:.1f} GB) do not fit in memory; streaming them")
             self.in_memory = False
-        self._counts = np.array([s.count for s in m.shards], dtype=np.int64)
-        self._offsets = m.offsets
         self._labels = np.full(m.count, -1, dtype=np.int64) if m.has_labels else None
         self._reset()
 
@@ -109,10 +105,6 @@ class ShardedReader:
     def __len__(self) -> int:
         return self.batches_per_epoch
 
-    @property
-    def samples_per_epoch(self) -> int:
-        return self.batches_per_epoch * self.batch_size
-
     def close(self) -> None:
         """Close this process's files and drop mappings and memory (they reopen on the next epoch)."""
         if getattr(self, "_pid", None) == os.getpid():
@@ -134,134 +126,33 @@ class ShardedReader:
         self._check_process()
         f = self._files.get(i)
         if f is None:
-            m = self.manifest
-            check_file_size(m, i)
-            if self.verify:
-                digest = sha256_file(m.shard_path(i))
-                if digest != m.shards[i].sha256:
-                    raise HvdganError(f"{m.shard_path(i)}: sha256 does not match {MANIFEST}: the file changed or "
-                                      f"is corrupt; restore it or re-create the dataset")
-            f = open_shard(m.shard_path(i))
-            try:
-                check_shard_structure(m, i, f)
-                if self._labels is not None:
-                    lab = f["labels"][:]
-                    problem = labels_outside(m, i, lab)
-                    if problem:
-                        raise HvdganError(problem)
-                    self._labels[self._offsets[i]:self._offsets[i + 1]] = lab
-            except BaseException:
-                f.close()
-                raise
-            self._files[i] = f
-            self._dsets[i] = f["images"]
+            f, labels = open_checked(self.manifest, i, self.verify, self._labels is not None)
+            if labels is not None:
+                self._labels[self._offsets[i]:self._offsets[i + 1]] = labels
+            self._files[i], self._dsets[i] = f, f["images"]
         return f
 
     def _read(self, i: int, a: int, b: int, out: np.ndarray) -> None:
         """Rows a..b-1 of shard i's images into `out` (C-contiguous), through HDF5 (decompressing if needed)."""
-        import h5py
-
         self._file(i)
-        dsid = self._dsets[i].id
-        try:
-            fspace = dsid.get_space()
-            fspace.select_hyperslab((a, 0, 0, 0), (b - a,) + out.shape[1:])
-            dsid.read(h5py.h5s.create_simple(out.shape), fspace, out)
-        except Exception as exc:
-            raise HvdganError(f"{self.manifest.shard_path(i)}: images rows {a}..{b - 1} cannot be read ({exc}); "
-                              "the file is corrupt: run `hvdgan data check` and re-create the dataset") from None
+        read_rows_into(self._dsets[i], a, b, out, self.manifest.shard_path(i))
 
     def _view(self, i: int) -> np.ndarray | None:
-        """Shard i's images as a read-only array mapped from the file, when they are stored raw and in order."""
+        """Shard i's images mapped from the file (hvdgan.data.shardio.map_images), or None."""
         self._file(i)
-        if i in self._views:
-            return self._views[i]
-        view = None
-        m, d = self.manifest, self._dsets[i]
-        row = m.bytes_per_image
-        n = int(self._counts[i])
-        try:
-            dsid = d.id
-            if dsid.get_create_plist().get_nfilters() == 0:
-                start = dsid.get_offset()  # contiguous layout
-                if start is None and d.chunks is not None and d.chunks[1:] == d.shape[1:]:
-                    rows = d.chunks[0]
-                    chunks = [dsid.get_chunk_info(j) for j in range(dsid.get_num_chunks())]
-                    start = chunks[0].byte_offset if chunks else None
-                    if len(chunks) != -(-n // rows) or any(
-                            c.chunk_offset[0] != j * rows or c.byte_offset != start + j * rows * row
-                            or c.size != rows * row for j, c in enumerate(chunks)):
-                        start = None
-                if start is not None and start + n * row <= m.shards[i].bytes:
-                    import mmap
+        if i not in self._views:
+            self._views[i] = map_images(self.manifest, i, self._dsets[i])
+        return self._views[i]
 
-                    with open(m.shard_path(i), "rb") as fh:
-                        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-                    view = np.frombuffer(mm, dtype=np.uint8, count=n * row, offset=start).reshape(
-                        n, m.channels, m.height, m.width)
-        except (OSError, ValueError, AttributeError):
-            view = None
-        self._views[i] = view
-        return view
-
-    # -- the plan
+    # -- the plan (hvdgan.data.deal)
     def pieces_of(self, epoch: int) -> list[tuple[int, int, int]]:
-        """This rank's range of `epoch`'s deal as (shard, start, stop) pieces, in the epoch's shard order."""
-        if epoch < 0:
-            raise HvdganError(f"epoch: must be >= 0, got {epoch}")
-        order = np.random.default_rng([self.seed, epoch, 0]).permutation(len(self._counts))
-        lo, hi = self.rank * self.min_rank_samples, (self.rank + 1) * self.min_rank_samples
-        pieces, pos = [], 0
-        for s in order:
-            c = int(self._counts[s])
-            a, b = max(lo, pos), min(hi, pos + c)
-            if a < b:
-                pieces.append((int(s), a - pos, b - pos))
-            pos += c
-        return pieces
+        return self.deal.pieces_of(epoch)
 
     def shards_of(self, epoch: int) -> np.ndarray:
-        """The shards this rank reads (a part of) in `epoch`."""
-        return np.array([s for s, _, _ in self.pieces_of(epoch)], dtype=np.int64)
-
-    def _windows(self, epoch: int):
-        """[(blocks [(shard, start, stop)], permutation of the window's images)], covering this epoch's batches."""
-        blk = self.manifest.chunk_rows
-        blocks = [(s, a, min((a // blk + 1) * blk, b)) for s, lo, b in self.pieces_of(epoch)
-                  for a in [lo, *range((lo // blk + 1) * blk, b, blk)]]
-        rng = np.random.default_rng([self.seed, epoch, 1, self.rank, self.size])
-        blocks = [blocks[j] for j in rng.permutation(len(blocks))]
-        need = self.samples_per_epoch
-        windows, cur, n, total = [], [], 0, 0
-        for blk_ in blocks:
-            cur.append(blk_)
-            n += blk_[2] - blk_[1]
-            if n >= self.shuffle_window:
-                windows.append((cur, rng.permutation(n)))
-                total += n
-                cur, n = [], 0
-                if total >= need:
-                    break
-        if cur and total < need:
-            windows.append((cur, rng.permutation(n)))
-        return windows
-
-    def _global_rows(self, blocks) -> np.ndarray:
-        return np.concatenate([self._offsets[s] + np.arange(a, b) for s, a, b in blocks])
-
-    def _plan(self, epoch: int):
-        """(windows, rows): rows holds the global row of every image yielded this epoch, batch after batch,
-        each batch in storage order."""
-        windows = self._windows(epoch)
-        rows = np.concatenate([self._global_rows(blocks)[perm] for blocks, perm in windows])
-        rows = rows[: self.samples_per_epoch].reshape(self.batches_per_epoch, self.batch_size)
-        rows.sort(axis=1)
-        return windows, rows
+        return self.deal.shards_of(epoch)
 
     def rows(self, epoch: int) -> np.ndarray:
-        """Global row numbers (shard by shard, as in the manifest) of the images this rank yields in `epoch`, in
-        order; batch b is rows[b*batch_size:(b+1)*batch_size]. Reads nothing."""
-        return self._plan(epoch)[1].reshape(-1)
+        return self.deal.rows(epoch)
 
     # -- reading
     def _memory(self, shards) -> None:
@@ -296,7 +187,7 @@ class ShardedReader:
         minus `start_batch` (skipped without reading anything for them)."""
         if not 0 <= start_batch <= self.batches_per_epoch:
             raise HvdganError(f"start_batch: must be in 0..{self.batches_per_epoch}, got {start_batch}")
-        windows, rows = self._plan(epoch)
+        windows, rows = self.deal.plan(epoch)
         if start_batch >= self.batches_per_epoch:
             return
         shards = self.shards_of(epoch)
