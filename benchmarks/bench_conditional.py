@@ -47,7 +47,8 @@ def main() -> None:
     import torch
     from sklearn.linear_model import LogisticRegression
 
-    from hvdgan.data import prepare, read_all
+    from hvdgan.data import read_all
+    from hvdgan.prepare import prepare
     from hvdgan.sample import load_generator, sample_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-conditional-"))

@@ -216,7 +216,8 @@ def main() -> None:
         worker(args)
         return
 
-    from hvdgan.data import open_manifest, prepare
+    from hvdgan.data import open_manifest
+    from hvdgan.prepare import prepare
     from hvdgan.sample import sample_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-quality-"))

@@ -234,7 +234,7 @@ def main() -> None:
         args.rounds, args.window, args.windows = 2, 6, 4
     if args.smoke:
         args.rounds, args.window, args.windows, args.batch, args.ngf, args.ndf, args.nz = 1, 2, 2, 8, 8, 8, 16
-    from hvdgan.data import prepare
+    from hvdgan.prepare import prepare
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:

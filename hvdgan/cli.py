@@ -81,12 +81,12 @@ def prepare(source, out, shards, per_shard, size, channels, compression, overwri
     extracted folder, a folder of images (class sub-folders become labels), or a .npy/.npz file.
     Example: hvdgan prepare digits data/digits
     """
-    from . import data
+    from .prepare import prepare as prepare_dataset
 
-    summary = data.prepare(source, out, shards=shards, per_shard=per_shard, size=size,
-                           channels=int(channels) if channels else None, compression=compression,
-                           overwrite=overwrite, workers=workers, verify=verify,
-                           shuffle_seed=None if no_shuffle else seed)
+    summary = prepare_dataset(source, out, shards=shards, per_shard=per_shard, size=size,
+                              channels=int(channels) if channels else None, compression=compression,
+                              overwrite=overwrite, workers=workers, verify=verify,
+                              shuffle_seed=None if no_shuffle else seed)
     if summary:
         click.echo(summary)
 

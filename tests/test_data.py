@@ -16,10 +16,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from conftest import hvdgan
 from hvdgan import data
 from hvdgan.cli import main
 from hvdgan.data import ShardedReader, cifar, open_manifest, read_all, sources, to_float, write_dataset
 from hvdgan.errors import HvdganError
+from hvdgan.prepare import prepare
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -259,8 +261,8 @@ def test_workers_write_identical_shards(tmp_path):
     b = write_dataset(tmp_path / "b", x, y, shards=4, compression="gzip", workers=2)  # workers get the arrays
     assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
     np.save(tmp_path / "x.npy", x)
-    data.prepare(str(tmp_path / "x.npy"), str(tmp_path / "c"), shards=3, size=64, progress=False)
-    summary = data.prepare(str(tmp_path / "x.npy"), str(tmp_path / "d"), shards=3, size=64, workers=2,
+    prepare(str(tmp_path / "x.npy"), str(tmp_path / "c"), shards=3, size=64, progress=False)
+    summary = prepare(str(tmp_path / "x.npy"), str(tmp_path / "d"), shards=3, size=64, workers=2,
                            progress=False)  # workers read (and resize) the file themselves
     assert "with 2 processes" in summary
     c, d = open_manifest(tmp_path / "c"), open_manifest(tmp_path / "d")
@@ -391,9 +393,15 @@ def test_fewer_shards_than_ranks(small):
 
 
 def test_image_size_that_does_not_fit(tmp_path):
+    """The data format takes any size; training refuses a size the networks are not built for, and
+    `hvdgan prepare` refuses to write one."""
     write_dataset(tmp_path / "d48", make_images(20, s=48), None, shards=2)
-    msg = reader_error(tmp_path / "d48")
-    assert "manifest.json: image size 48x48 does not fit DCGAN" in msg and "--size 32" in msg
+    got = np.concatenate([b.numpy() for b, _ in ShardedReader(tmp_path / "d48", batch_size=4, seed=0).epoch(0)])
+    assert got.shape[1:] == (1, 48, 48) and len(got) == 20
+    train = hvdgan("train", "--data", tmp_path / "d48", "--out", tmp_path / "run", "--batch-size", "4", "--max-steps", "1",
+                   check=False)
+    assert train.returncode == 2 and "manifest.json: image size 48x48 does not fit DCGAN" in train.stderr
+    assert "--size 32" in train.stderr and not (tmp_path / "run").exists()
     r = cli("prepare", "digits", tmp_path / "o", "--size", 48)
     assert r.exit_code == 2 and "--size 48x48 does not fit DCGAN" in r.output
 

@@ -12,6 +12,7 @@ import pytest
 
 from hvdgan import data
 from hvdgan.data import write_dataset
+from hvdgan.prepare import prepare
 from hvdgan.dist.launch import Launch, run
 
 pytestmark = pytest.mark.mp
@@ -48,6 +49,6 @@ def test_prepare_under_launcher_writes_the_same_dataset(tmp_path):
     assert p.stdout.count("Wrote 1,797 images") == 1 and "with 2 ranks" in p.stdout  # rank 0 reports
     assert data.check_dataset(tmp_path / "par")[0] == []
     ref = tmp_path / "ref"
-    data.prepare("digits", str(ref), shards=5, compression="gzip", progress=False)
+    prepare("digits", str(ref), shards=5, compression="gzip", progress=False)
     par, one = data.open_manifest(tmp_path / "par"), data.open_manifest(ref)
     assert [s.sha256 for s in par.shards] == [s.sha256 for s in one.shards]  # byte-identical shards

@@ -5,7 +5,6 @@
     cifar      the CIFAR-10 python archive or its folder, unpickled safely
     images     the sources' transforms (to NCHW, channel conversion, crop and resize)
     write      the writer: write_source, write_dataset (workers; every rank under a launcher)
-    prepare    `hvdgan prepare`: a source in, the networks' sizes checked, a dataset out, a summary
     check      `hvdgan data check` and read_all (every image back in source order)
     deal       which images each rank reads in an epoch, in which order (reads nothing)
     read       the rank-aware ShardedReader (memory, mapped and streamed read paths)
@@ -23,10 +22,9 @@ from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, MANIFEST, SHUFFLE_WIN
 from .read import ShardedReader
 from .sources import ArraySource, open_source
 from .tensors import to_float
-from .prepare import prepare
 from .write import plan_shards, write_dataset, write_source
 
 __all__ = ["ArraySource", "COMPRESSIONS", "DEFAULT_SHARDS", "FORMAT", "MANIFEST", "Manifest", "SHUFFLE_WINDOW",
            "ShardRecord", "ShardedReader", "VERSION", "check_dataset", "chunk_rows_for", "open_manifest",
-           "open_source", "plan_shards", "prepare", "read_all", "sha256_file", "shard_name", "to_float",
+           "open_source", "plan_shards", "read_all", "sha256_file", "shard_name", "to_float",
            "write_dataset", "write_source"]

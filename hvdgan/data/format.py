@@ -104,15 +104,6 @@ class Manifest:
     def shard_path(self, i: int) -> Path:
         return self.root / self.shards[i].file
 
-    def check_model_size(self) -> None:
-        """Refuse images that DCGAN cannot take (32x32 or 64x64), naming the manifest."""
-        from ..models import check_image_size
-
-        if self.height != self.width:
-            raise HvdganError(f"{self.path}: images are {self.height}x{self.width}; DCGAN takes square 32x32 or "
-                              "64x64 images (re-prepare the data with --size 32 or --size 64)")
-        check_image_size(self.height, f"{self.path}: image size")
-
     def to_json(self) -> str:
         doc = {
             "format": FORMAT, "version": self.version, "count": self.count, "height": self.height,

@@ -2,7 +2,7 @@
 
 Images that are not square are centre-cropped to a square, then resized with PIL's bicubic filter
 (antialiased when shrinking). RGB -> grey uses ITU-R 601 luma (as PIL's convert("L")); grey -> RGB repeats
-the channel. The default size is the source's own when it is one DCGAN takes (32 or 64, square), else 32.
+the channel. The size is the caller's (`hvdgan prepare`'s default: hvdgan.models.default_image_size).
 """
 
 from __future__ import annotations
@@ -29,12 +29,6 @@ def to_nchw(images: np.ndarray, what: str) -> np.ndarray:
             return images.transpose(0, 3, 1, 2)
     raise HvdganError(f"{what}: images have shape {images.shape}; expected [N, H, W], [N, H, W, C] or [N, C, H, W] "
                       "with C = 1 or 3")
-
-
-def default_size(height: int, width: int) -> int:
-    from ..models import SIZES  # the sizes the networks take
-
-    return height if height == width and height in SIZES else 32
 
 
 def _grey(rgb: np.ndarray) -> np.ndarray:

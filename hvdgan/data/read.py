@@ -43,7 +43,7 @@ class ShardedReader:
 
     def __init__(self, root, rank: int = 0, size: int = 1, batch_size: int = 64, seed: int = 0,
                  in_memory: bool = True, *, shuffle_window: int = SHUFFLE_WINDOW, verify: bool = False,
-                 check_size: bool = True, direct: bool = True, local_size: int = 1):
+                 direct: bool = True, local_size: int = 1):
         self.manifest = m = open_manifest(root)
         if size < 1 or not 0 <= rank < size:
             raise HvdganError(f"rank {rank} of size {size}: need 0 <= rank < size")
@@ -51,8 +51,6 @@ class ShardedReader:
             raise HvdganError(f"batch_size: must be >= 1, got {batch_size}")
         if seed < 0:
             raise HvdganError(f"seed: must be >= 0, got {seed}")
-        if check_size:
-            m.check_model_size()
         self.rank, self.size, self.batch_size, self.seed = rank, size, batch_size, seed
         self.verify, self.direct = verify, direct
         self._counts = np.array([s.count for s in m.shards], dtype=np.int64)

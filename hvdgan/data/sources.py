@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HvdganError
-from .images import default_size, fit, square, to_nchw
+from .images import fit, square, to_nchw
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -56,7 +56,9 @@ class _Source:
         self.spec = spec
         self.native = native
         self.channels = channels or nc
-        self.height = self.width = size or default_size(nh, nw)
+        if callable(size):  # a rule (height, width) -> size: `hvdgan prepare`'s default, hvdgan.models'
+            size = size(nh, nw)
+        self.height = self.width = size or min(nh, nw)  # (images are centre-cropped to a square)
         self.size = self.height
 
     def describe(self) -> str:

@@ -1,6 +1,6 @@
 """Writing a sharded dataset (a source in, shards and a manifest out), by worker processes and, under a
 launcher, by every rank of the world. The sources it reads are in hvdgan.data.sources; `hvdgan prepare`
-is hvdgan.data.prepare.
+is hvdgan.prepare.
 
 No torch at import time: the spawned workers import this module to run `_write_shard`.
 """

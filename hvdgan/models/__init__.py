@@ -18,7 +18,21 @@ SIZES = (32, 64)  # the image sizes the networks are built for
 
 
 def check_image_size(size: int, what: str = "image size") -> None:
-    """Refuse an image size the networks are not built for (the data's, or `hvdgan prepare --size`)."""
+    """Refuse an image size the networks are not built for (`hvdgan prepare --size`, a model's)."""
     if size not in SIZES:
         raise HvdganError(f"{what} {size}x{size} does not fit DCGAN: it takes 32x32 or 64x64 "
                           "(re-prepare the data with --size 32 or --size 64)")
+
+
+def check_images(height: int, width: int, where: str) -> None:
+    """Refuse a dataset whose images the networks cannot take (`where`: the dataset's manifest)."""
+    if height != width:
+        raise HvdganError(f"{where}: images are {height}x{width}; DCGAN takes square 32x32 or 64x64 images "
+                          "(re-prepare the data with --size 32 or --size 64)")
+    check_image_size(height, f"{where}: image size")
+
+
+def default_image_size(height: int, width: int) -> int:
+    """The size `hvdgan prepare` writes a source of height x width at when no --size is given: its own when
+    the networks take it, else 32."""
+    return height if height == width and height in SIZES else 32

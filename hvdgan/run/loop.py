@@ -24,6 +24,7 @@ from ..dist import stop, topology, watchdog
 from ..dist.world import World
 from ..errors import HvdganError
 from ..gan import GAN, first_device
+from ..models import check_images
 from ..models.placement import describe, evaluation_device, place
 from ..models.zoo import architecture, build_networks
 from . import actions as periodic
@@ -46,6 +47,7 @@ class Trainer:
         self.reader = ShardedReader(data.data, rank=world.rank, size=world.size, batch_size=schedule.batch_size,
                                     seed=schedule.seed, in_memory=data.in_memory, local_size=world.local_size)
         m = self.reader.manifest
+        check_images(m.height, m.width, str(m.path))  # a size the networks are built for
         # 2. everything that depends on the devices, the data and the world, decided once
         self.cfg: Resolved = resolve(options, world, DataFacts(m.channels, m.height, self.reader.batches_per_epoch))
         cfg = self.cfg

@@ -1,16 +1,14 @@
-"""`hvdgan prepare`: open a source, check what the networks take, write the dataset (hvdgan.data.write),
-optionally verify it, and say what was written."""
+"""`hvdgan prepare`: open a source at a size the networks take (hvdgan.models), write it as a sharded
+dataset (hvdgan.data), optionally verify it, and say what was written."""
 
 from __future__ import annotations
 
 import time
 
-from ..dist import horovod as distributed
-from ..errors import HvdganError
-from ..models import check_image_size
-from .check import check_dataset
-from .sources import open_source
-from .write import write_source
+from .data import check_dataset, open_source, write_source
+from .dist import horovod as distributed
+from .errors import HvdganError
+from .models import check_image_size, default_image_size
 
 
 def prepare(source: str, out: str, shards: int | None = None, per_shard: int | None = None, size: int | None = None,
@@ -22,7 +20,7 @@ def prepare(source: str, out: str, shards: int | None = None, per_shard: int | N
         check_image_size(size, "--size")
     if channels is not None and channels not in (1, 3):
         raise HvdganError(f"--channels: must be 1 or 3, got {channels}")
-    src = open_source(source, size=size, channels=channels)
+    src = open_source(source, size=size or default_image_size, channels=channels)
     check_image_size(src.height, f"{source}: --size")
     t0 = time.perf_counter()
     m = write_source(out, src, shards=shards, per_shard=per_shard, compression=compression, overwrite=overwrite,
