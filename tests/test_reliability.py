@@ -242,3 +242,51 @@ def test_a_ranks_first_images_do_not_depend_on_the_batch_size(digits):
     a = ShardedReader(digits, rank=1, size=2, batch_size=16, seed=3).rows(2)
     b = ShardedReader(digits, rank=1, size=2, batch_size=32, seed=3).rows(2)
     assert set(a[:96].tolist()) == set(b[:96].tolist())
+
+
+# ------------------------------------------------------------------------------------- the run's lock
+def test_a_run_directory_in_use_is_refused_and_a_dead_holders_lock_taken_over(digits, tmp_path):
+    import time
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(digits), "--out", str(out), *SMALL, "--checkpoint-every", "5"]
+    first = subprocess.Popen([HVDGAN_EXE, *args, "--max-steps", "100000"], env=run_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not [p for p in (out / "checkpoints").glob("ckpt-*.pt")] and time.monotonic() < deadline:
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.2)
+        second = hvdgan(*args, "--resume", "auto", "--max-steps", "100000", check=False)
+        assert second.returncode == 2, second.stderr
+        line = second.stderr.strip().splitlines()[-1]
+        assert f"{out}: in use by another training (hvdgan train on " in line and f"pid {first.pid}," in line
+    finally:
+        first.kill()  # SIGKILL: no clean-up, the lock file still names it
+        first.wait(timeout=60)
+    assert f'"pid": {first.pid}' in (out / ".hvdgan.lock").read_text()
+    third = hvdgan(*args, "--resume", "auto", "--max-steps", "12")
+    assert "resumed from" in third.stderr and json.loads((out / "result.json").read_text())["status"] == "done"
+    assert (out / ".hvdgan.lock").read_text() == ""  # released at the end
+
+
+def test_a_live_holder_on_this_host_is_seen_without_the_kernels_lock(tmp_path):
+    """Where flock is not shared (some network file systems), a holder that is alive on this host and still
+    hvdgan is refused all the same; a dead one's file is taken over."""
+    import socket
+
+    from hvdgan.run.lock import NAME, RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "hvdgan"])
+    try:
+        (tmp_path / NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "since": "x"}))
+        with pytest.raises(HvdganError, match=rf"in use by another training \(hvdgan train on .*, pid {holder.pid},"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = RunLock(tmp_path).acquire()  # its holder is gone
+    assert json.loads((tmp_path / NAME).read_text())["pid"] == os.getpid()
+    with pytest.raises(HvdganError, match="in use by another training"):
+        RunLock(tmp_path).acquire()  # the kernel's lock, from another open file
+    lock.release()

@@ -30,6 +30,7 @@ from ..models.zoo import architecture, build_networks
 from . import actions as periodic
 from .actions import Action, Tick
 from .checkpointer import Checkpointer
+from .lock import RunLock
 from .runlog import RunLog, plot_losses
 from .state import RunState
 
@@ -79,7 +80,8 @@ class Trainer:
             from ..eval.evaluate import for_training
 
             self.evaluator = for_training(cfg, world, evaluation_device(cfg.devices))
-        # 5. the checkpoint to continue from (--resume), on every rank
+        # 5. the run directory, held by this run alone, and the checkpoint to continue from (--resume)
+        self.lock = world.on_root(lambda: RunLock(self.out).acquire(), "hvdgan.lock")
         self.checkpoints = Checkpointer(self.out, cfg.output.keep_checkpoints, world)
         self.checkpoints.restore(cfg.output.resume, self.gan, self.state, self.arch, cfg.schedule.batch_size,
                                  self.reader.batches_per_epoch)
@@ -160,12 +162,14 @@ class Trainer:
             (self.out / "result.json").write_text(json.dumps(result, indent=2))
             log.info("%s at step %d: samples %s, loss plot %s, checkpoint %s", result["status"], self.state.step,
                      result["samples"], result["plot"], result["checkpoint"])
+            self.lock.release()
         if result["status"] == "preempted":  # hvd: no rank exits (75) before rank 0 has written everything,
             self.world.hvd.barrier()         # or srun --kill-on-bad-exit would kill it mid-write
         return result
 
     def stopped_before_training(self) -> dict:
         if self.world.root:
+            self.lock.release()
             log.warning("preempted at step %d before training (%s): nothing to save", self.state.step,
                         stop.name(stop.received()) if stop.received() else "a signal on another rank")
         return {"status": "preempted", "step": self.state.step, "signal": stop.name(stop.received())}

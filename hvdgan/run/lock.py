@@ -1,0 +1,82 @@
+"""One training a run directory: rank 0 holds `OUT/.hvdgan.lock` from before it reads the directory until the
+run ends. The lock is the kernel's (flock on an open file): a holder that dies, however it dies, releases it,
+so a stale lock file is simply taken over. The file names its holder (host, pid, time) for the error a
+second start gets. Where flock is not shared (some network file systems), a holder on the same host that
+is still alive is detected from the file all the same.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from ..errors import HvdganError
+
+NAME = ".hvdgan.lock"
+
+
+class RunLock:
+    def __init__(self, out: Path):
+        self.path = Path(out) / NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        """Take the lock, or fail with one line naming the holder (nothing is written then)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise HvdganError(f"{self.path}: cannot create the run's lock ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder = self._holder(fd)
+            if holder and self._alive_here(holder):  # flock not shared, but the holder lives
+                raise BlockingIOError
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise HvdganError(f"{self.path.parent}: in use by another training ({_describe(holder)}); wait for it to "
+                              "end or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # (the file stays: removing it would race with a waiting start)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+    @staticmethod
+    def _holder(fd: int) -> dict | None:
+        try:
+            return json.loads(os.pread(fd, 4096, 0).decode() or "null")
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive_here(holder: dict) -> bool:
+        if holder.get("host") != socket.gethostname() or holder.get("pid") == os.getpid():
+            return False
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except (ProcessLookupError, KeyError, TypeError, ValueError):
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        try:  # a pid the system gave to another program since
+            return b"hvdgan" in Path(f"/proc/{int(holder['pid'])}/cmdline").read_bytes()
+        except OSError:
+            return True
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "holder unknown"
+    return f"hvdgan train on {holder.get('host')}, pid {holder.get('pid')}, since {holder.get('since')}"
