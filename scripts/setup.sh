@@ -76,10 +76,13 @@ assert md.version("horovod") == sys.argv[1]
 import horovod.torch  # loads the compiled extension against the installed torch
 PY
 }
-if ! have_horovod || [ -f "$stamp.pending" ]; then
+# (the installed wheel's key is kept in the venv: a changed patch, torch or build knob reinstalls)
+hv_key=$(horovod_cache_key "$PY" "$TORCH_VERSION")
+if ! have_horovod || [ -f "$stamp.pending" ] || [ "$(cat "$VENV/.hvdgan-horovod" 2>/dev/null)" != "$hv_key" ]; then
   whl=$(horovod_wheel "$PY" "$TORCH_VERSION")
   pip_q install --no-deps --force-reinstall "$whl"
   pip_q install "$whl"  # now its own requirements (cffi, cloudpickle, psutil, pyyaml, packaging)
+  echo "$hv_key" > "$VENV/.hvdgan-horovod"
 fi
 
 # 5. hvdgan itself (editable) with its extras.
