@@ -158,3 +158,63 @@ def test_stall_timeout_setting(monkeypatch):
         monkeypatch.setenv(watchdog.ENV, bad)
         with pytest.raises(HvdganError, match=f"HVDGAN_STALL_TIMEOUT='{bad}'"):
             watchdog.timeout()
+
+
+def _running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (an exited child nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.mp
+@pytest.mark.parametrize("launcher", ["mpirun", "gloo", "mpi"])
+def test_no_rank_outlives_a_killed_launcher(digits, tmp_path, launcher):
+    """SIGKILL to the launcher alone (mpirun, horovodrun --gloo, horovodrun in MPI mode): every rank is gone
+    within 30 s and the newest checkpoint is whole. (Open MPI's ranks end when mpirun is gone; horovodrun
+    --gloo's middleman ends its ranks; horovodrun in MPI mode used to leave mpirun and the ranks running:
+    patches/.)"""
+    from hvdgan.run import checkpoint as ckpt
+
+    out = tmp_path / "run"
+    proc = start(launcher, [HVDGAN, "train", *job_args(digits, out, steps=100_000)])
+    try:
+        wait_for(lambda: checkpoints(out) and len(rank_pids(out)) == 2, 240, "a checkpoint", proc)
+        ranks = rank_pids(out)
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: its process group lives on
+        t0 = time.monotonic()
+        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
+        seconds = time.monotonic() - t0
+    finally:
+        kill_group(proc)
+    state = ckpt.load(out / "checkpoints" / f"ckpt-{checkpoints(out)[-1]:08d}.pt")
+    assert state["step"] == checkpoints(out)[-1]
+    print(f"{launcher} SIGKILLed: every rank gone {seconds:.1f}s later")
+
+
+@pytest.mark.mp
+@pytest.mark.parametrize("launcher", ["mpi", "gloo", "mpirun"])
+def test_term_to_the_launcher_checkpoints_and_leaves_no_rank(digits, tmp_path, launcher):
+    """TERM to the launcher alone (a scheduler without Slurm's script, `timeout`): the ranks checkpoint the
+    step in progress and every one is gone within 30 s. (horovodrun in MPI mode used to leave mpirun and
+    the ranks training on as orphans: patches/.)"""
+    out = tmp_path / "run"
+    proc = start(launcher, [HVDGAN, "train", *job_args(digits, out, steps=100_000)])
+    try:
+        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
+        ranks = rank_pids(out)
+        before = set(checkpoints(out))
+        os.kill(proc.pid, signal.SIGTERM)
+        t0 = time.monotonic()
+        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
+        seconds = time.monotonic() - t0
+        rc, text, _ = wait_exit(proc, 30)
+    finally:
+        kill_group(proc)
+    stopped = sorted(set(checkpoints(out)) - before)
+    assert stopped and re.search(rf"preempted \(SIGTERM, seen by rank\(s\) 0,1\) at step {stopped[-1]}", text), \
+        text[-4000:]
+    print(f"{launcher}: TERM to the launcher: checkpoint of step {stopped[-1]}, every rank gone {seconds:.1f}s "
+          f"later, launcher status {rc}")
