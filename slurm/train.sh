@@ -133,6 +133,12 @@ else
   done
   [ -n "${again:-}" ] && kill "$again" 2>/dev/null
   say "ranks exited with status $rc"
+  # The USR1 this script forwards can reach a task in its first instant, before `env --block-signal` has
+  # run: it dies of it (128 + 10) before hvdgan started, having written nothing. That is a stop too.
+  if [ -n "$stopping" ] && [ "$rc" = 138 ]; then
+    say "the ranks ended on the forwarded USR1 before hvdgan started: nothing was written"
+    rc=75
+  fi
 fi
 
 # A preemption with a GraceTime signals the tasks only, and the job would end as failed if it stopped before

@@ -277,7 +277,9 @@ def test_a_live_holder_on_this_host_is_seen_without_the_kernels_lock(tmp_path):
 
     from hvdgan.run.lock import NAME, RunLock
 
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "hvdgan"])
+    holder = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "hvdgan"],
+                              stdout=subprocess.PIPE, text=True)
+    holder.stdout.readline()  # it runs: its command line is its own now, not the parent's it was forked from
     try:
         (tmp_path / NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid, "since": "x"}))
         with pytest.raises(HvdganError, match=rf"in use by another training \(hvdgan train on .*, pid {holder.pid},"):
