@@ -70,7 +70,9 @@ class Action:
 
 
 def standard(trainer) -> list[Action]:
-    actions = [Progress(trainer), Log(trainer), Checkpoint(trainer), Preempt(trainer)]
+    progress = Progress(trainer)
+    log_ = Log(trainer, progress)
+    actions = [progress, log_, Checkpoint(trainer, log_), Preempt(trainer)]
     if trainer.world.root:
         actions.append(Sample(trainer))
     if trainer.evaluator is not None:
@@ -108,9 +110,9 @@ class Log(Action):
     step of every rank, so that all ranks stop (or go on) together. A window's time covers everything
     since the last log: its sync, samples, checkpoints."""
 
-    def __init__(self, trainer):
+    def __init__(self, trainer, progress: Progress):
         super().__init__("log", trainer.cfg.output.log_every, at_stop=True)
-        self.trainer = trainer
+        self.trainer, self.progress = trainer, progress
 
     def begin(self) -> None:
         self.window_start, self.window_step = time.perf_counter(), self.trainer.state.step
@@ -146,7 +148,7 @@ class Log(Action):
             line = (f"step {tick.step}/{t.cfg.total_steps} epoch {t.state.epoch} | loss D {record['loss_d']:.3f} "
                     f"G {record['loss_g']:.3f} | D(x) {record['d_real']:.3f} D(G(z)) {record['d_fake']:.3f} "
                     f"| {record['images_per_s']:.0f} img/s")
-            bar = next((a.bar for a in t.actions if isinstance(a, Progress)), None)
+            bar = self.progress.bar
             if bar is not None and not bar.disable:
                 bar.set_postfix_str(line.split(" | ", 1)[1], refresh=False)
             else:
@@ -154,13 +156,13 @@ class Log(Action):
 
 
 class Checkpoint(Action):
-    def __init__(self, trainer):
+    def __init__(self, trainer, log_: Log):
         super().__init__("checkpoint", trainer.cfg.output.checkpoint_every, at_stop=True)
-        self.trainer = trainer
+        self.trainer, self.log = trainer, log_
 
     def run(self, tick: Tick) -> None:
         if not tick.synced:  # the ranks' NaN check first: a non-finite run stops before it writes
-            next(a for a in self.trainer.actions if isinstance(a, Log)).sync(tick, log_it=False)
+            self.log.sync(tick, log_it=False)
         self.trainer.save_checkpoint()
 
 
