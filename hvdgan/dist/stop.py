@@ -1,10 +1,11 @@
 """Stopping on a signal: every rank stops at the same step, with a checkpoint, within one step.
 
-USR1 (Slurm's `--signal=B:USR1@N` via slurm/train.sh, `scancel --signal=USR1`) and TERM (`scancel`, a
-preemption, a time limit, `timeout`) mean "checkpoint and stop". They may come at any moment, so
+USR1 (Slurm's `--signal=B:USR1@N` via slurm/train.sh, `scancel --signal=USR1`, `hvdgan launch` passing a stop
+on), TERM (`scancel`, a preemption, a time limit, `timeout`, PBS's qdel), INT (Ctrl-C, LSF's bkill) and HUP (a
+closed terminal) mean "checkpoint and stop". They may come at any moment, so
 
 - `install()` runs first thing in an `hvdgan train` process (hvdgan/cli.py, before click, torch and
-  Horovod are imported): from then on the two signals only set a flag, they no longer kill the process;
+  Horovod are imported): from then on these signals only set a flag, they no longer kill the process;
 - `StopFlag` turns the flags of all ranks into one decision without a per-step collective of its own: each
   D update submits a 1-element `allreduce_async_` just before `opt_d.step()`, so Horovod takes it up with
   D's last gradients (same dtype, op and scale: it can fuse it with them) while opt_d.step() waits for
@@ -23,7 +24,7 @@ from __future__ import annotations
 import signal
 
 EXIT_STOPPED = 75  # sysexits.h EX_TEMPFAIL: stopped on a signal, resume with --resume auto
-SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 _received = 0  # the first signal number received (0: none)
 
@@ -35,16 +36,16 @@ def _handle(signum, frame) -> None:
 
 
 def install() -> None:
-    """From now on USR1 and TERM set the stop flag instead of ending the process."""
+    """From now on USR1, TERM, INT and HUP set the stop flag instead of ending the process."""
     for sig in SIGNALS:
         signal.signal(sig, _handle)
-    # slurm/train.sh starts the ranks with the two blocked (`env --block-signal`), so that one sent
+    # slurm/train.sh starts the ranks with USR1 and TERM blocked (`env --block-signal`), so that one sent
     # before this point waits instead of killing the process: it arrives now.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
 
 
 def ignore_from_now() -> None:
-    """The run is over: ignore further USR1/TERM while the process exits. (Python restores the default
+    """The run is over: ignore further stop signals while the process exits. (Python restores the default
     action, death, while it finalizes: slurm/train.sh repeats its USR1 until the ranks are gone, and a
     rank that died of it in its last second would turn a clean exit 75 into a failure, 138.)"""
     for sig in SIGNALS:

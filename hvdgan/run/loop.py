@@ -72,7 +72,7 @@ class Trainer:
         self.arch = {"G": architecture(G), "D": architecture(D)}
         noise = torch.Generator(first_device(G)).manual_seed(cfg.schedule.seed * 100_003 + world.rank)  # per rank
         self.state = RunState(noise=noise)
-        self.stop = stop_flag(world.hvd) if stop_flag else None  # USR1/TERM: all ranks stop at one step
+        self.stop = stop_flag(world.hvd) if stop_flag else None  # a stop signal: all ranks stop at one step
         self.gan = GAN(G, D, cfg.gan, world.hvd, stop_flag=self.stop, rng=noise)
         # 4. evaluation: reference features now (cached beside the data), so that a bad weights file fails early
         self.evaluator = None
@@ -159,7 +159,7 @@ class Trainer:
                     if result["status"] == "done" else None)
             result.update(step=self.state.step, out=str(self.out), checkpoint=str(self.checkpoints.last),
                           samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None)
-            (self.out / "result.json").write_text(json.dumps(result, indent=2))
+            write_result(self.out, result)
             log.info("%s at step %d: samples %s, loss plot %s, checkpoint %s", result["status"], self.state.step,
                      result["samples"], result["plot"], result["checkpoint"])
             self.lock.release()
@@ -168,11 +168,13 @@ class Trainer:
         return result
 
     def stopped_before_training(self) -> dict:
+        result = {"status": "preempted", "step": self.state.step, "signal": stop.name(stop.received())}
         if self.world.root:
+            write_result(self.out, result)
             self.lock.release()
             log.warning("preempted at step %d before training (%s): nothing to save", self.state.step,
                         stop.name(stop.received()) if stop.received() else "a signal on another rank")
-        return {"status": "preempted", "step": self.state.step, "signal": stop.name(stop.received())}
+        return result
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Collective: see Checkpointer.save."""
@@ -197,3 +199,10 @@ def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
         return trainer.run()
     finally:
         watchdog.cancel()  # (an error left the loop with the watchdog armed)
+
+
+def write_result(out: Path, result: dict) -> None:
+    """result.json: how the run ended (`hvdgan launch` reads its status), written whole or not at all."""
+    tmp = out / ".result.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out / "result.json")
