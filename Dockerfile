@@ -59,6 +59,7 @@ RUN --mount=type=cache,target=/root/.cache \
 ENV HVDGAN_INCEPTION=/opt/hvdgan/inception/default_1.pt
 COPY jobs/ jobs/
 COPY slurm/ slurm/
+COPY schedulers/ schedulers/
 
 ENV PATH=/opt/hvdgan/.venv/bin:${PATH}
 RUN horovodrun --check-build && hvdgan --version

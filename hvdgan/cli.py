@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .dist import stop
 
-# `hvdgan train`: USR1/TERM set the stop flag from the first moment on (hvdgan/dist/stop.py), before anything
+# `hvdgan train`: USR1, TERM, INT and HUP set the stop flag from the first moment on (hvdgan/dist/stop.py), before anything
 # slow is imported. Other commands keep the default (a signal ends them).
 if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
     stop.install()
@@ -164,8 +165,8 @@ def train(ctx, **values):
       horovodrun -np 2 hvdgan train --job jobs/digits-demo.yaml   # two ranks
 
     \b
-    USR1 or TERM: every rank stops after the same step (at most one more), with a checkpoint.
-    Exit status: 0 finished; 75 stopped on USR1/TERM (resume with --resume auto);
+    USR1, TERM, INT or HUP: every rank stops after the same step (at most one more), with a
+    checkpoint. Exit status: 0 finished; 75 stopped on a signal (resume with --resume auto);
     2 bad input or a training error (e.g. NaN); 1 a crash, e.g. another rank died.
     """
     from .run.loop import train as run_training
@@ -232,7 +233,6 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
     takes --num for an abbreviation of its --num-proc).
     """
     import json
-    from pathlib import Path
 
     from .eval import evaluate as evaluate_mod
     from .eval.scores import parse_metrics
@@ -272,26 +272,29 @@ def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, dry_run, job, extra
     """Start `hvdgan train --job JOB` on N ranks with horovodrun, mpirun or srun.
 
     \b
-    Prints the composed command line, then runs it (its exit status is this command's).
-    Options after `--` go to `hvdgan train`, e.g.
+    Prints the composed command line, then runs it and waits. Options after `--` go to `hvdgan train`, e.g.
         hvdgan launch --np 4 --launcher mpirun jobs/cifar10-dcgan64.yaml -- --max-steps 1000
+    TERM, INT (Ctrl-C), HUP or USR1: every rank stops after the step in progress, with a checkpoint.
+    Exit status: as `hvdgan train`'s (0 finished, 75 stopped: resume with --resume auto), whichever
+    launcher ran the ranks; a launcher's failure otherwise.
     """
     from .dist import launch as launch_mod
+    from .dist.supervise import supervise
 
-    if np_ < 1:
-        raise click.BadParameter(f"must be >= 1, got {np_}", param_hint="'--np'")
-    load_job_file(job)  # a missing job file, an unknown key or a bad value stops here, naming the file
-    controller = None if gloo is None else ("gloo" if gloo else "mpi")
     extra = list(extra[1:] if extra[:1] == ("--",) else extra)  # (options stop at JOB: click hands `--` on)
+    out = _train_config(job, extra).output.out  # the options `hvdgan train` will get: a bad one stops here
     try:
-        cmd = launch_mod.compose(np_, job, extra, launcher=launcher, controller=controller,
-                                 hosts=hosts, hostfile=hostfile, mca=mca, iface=iface)
+        cmd = launch_mod.compose(np_, job, extra, launcher=launcher, hosts=hosts, hostfile=hostfile, mca=mca,
+                                 iface=iface, controller=None if gloo is None else ("gloo" if gloo else "mpi"))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(launch_mod.quote(cmd))
     if dry_run:
         return
-    try:
-        launch_mod.exec_command(cmd)
-    except OSError as exc:
-        raise HvdganError(f"cannot start {cmd[0]}: {exc.strerror or exc}") from None
+    sys.exit(supervise(cmd, Path(out)))
+
+
+def _train_config(job: str, extra: list[str]):
+    """What `hvdgan train --job JOB EXTRA...` will run with, checked the same way (HVDGAN_TRAIN_* included)."""
+    with train.make_context("train", ["--job", job, *extra], auto_envvar_prefix="HVDGAN_TRAIN") as ctx:
+        return _config(ctx, ctx.params)

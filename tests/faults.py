@@ -129,6 +129,14 @@ def start(launcher: str, argv: list[str], env: dict | None = None) -> subprocess
                             text=True, env=env or run_env())
 
 
+def start_launch(flags: list[str], train_args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`hvdgan launch --np 2 FLAGS JOB -- TRAIN_ARGS` in the background, in its own process group."""
+    job = train_args[train_args.index("--job") + 1]
+    rest = [a for i, a in enumerate(train_args) if a != "--job" and train_args[i - 1:i] != ["--job"]]
+    return subprocess.Popen([HVDGAN, "launch", "--np", "2", *flags, job, "--", *rest], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env or run_env())
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)

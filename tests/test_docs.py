@@ -6,7 +6,7 @@ Where commands are collected
     lines that are only a comment are checked when they show a printed command line (they start with
     hvdgan or a launcher, e.g. the `# .venv/bin/horovodrun ...` output of `hvdgan launch --dry-run`);
     and inline code spans that start with `hvdgan `.
-  - the comment lines of jobs/*.yaml and slurm/*.sh, the Makefile's recipes ($(VENV) and $(NP) set to the
+  - the comment lines of jobs/*.yaml, slurm/*.sh and schedulers/*, the Makefile's recipes ($(VENV) and $(NP) set to the
     Makefile's defaults), and the examples in the CLI's own help texts.
 
 What counts as an hvdgan command, and how it is checked
@@ -31,7 +31,7 @@ What counts as an hvdgan command, and how it is checked
   - `python benchmarks/X.py --opt`, `python tests/X.py`: the script exists and defines each option.
   - `make TARGET`: the Makefile has the target.
 Separately, every repository path that the docs, the job files, the scripts and the packaging files name
-(tests/..., scripts/..., jobs/..., slurm/..., benchmarks/..., docs/..., patches/..., hvdgan/...py) and every
+(tests/..., scripts/..., jobs/..., slurm/..., schedulers/..., benchmarks/..., docs/..., patches/..., hvdgan/...py) and every
 relative Markdown link exists.
 """
 
@@ -52,7 +52,8 @@ from hvdgan.errors import HvdganError
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKDOWN = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
-COMMENTED = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "jobs").glob("*.yaml"), *(ROOT / "slurm").glob("*.sh")])
+COMMENTED = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "jobs").glob("*.yaml"), *(ROOT / "slurm").glob("*.sh"),
+                                                      *(ROOT / "schedulers").iterdir()])
 LAUNCHERS = {"horovodrun", "mpirun", "srun"}
 TRAIN_SH = "slurm/train.sh"
 CODE_LANGS = {"", "bash", "sh", "shell", "console"}
@@ -351,7 +352,7 @@ def test_job_file_says_how_to_prepare_its_data(job):
 PATH_FILES = ["README.md", "setup.cfg", "pyproject.toml", "Makefile", "Dockerfile", *MARKDOWN[1:], *COMMENTED,
               *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scripts").iterdir() if p.is_file()),
               *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks").glob("*.py"))]
-REPO_PATH = re.compile(r"(?<![\w./-])((?:tests|scripts|slurm|jobs|benchmarks|docs|patches|hvdgan)/[\w./-]*\w"
+REPO_PATH = re.compile(r"(?<![\w./-])((?:tests|scripts|slurm|schedulers|jobs|benchmarks|docs|patches|hvdgan)/[\w./-]*\w"
                        r"\.(?:py|sh|yaml|md|env|patch|cfg))\b")
 
 
@@ -506,3 +507,22 @@ def test_readme_layout_table_matches_the_package():
     assert named - modules == set(), "the README's layout table names modules that do not exist"
     long = {m: n for m in modules if (n := len((ROOT / m).read_text().splitlines())) > 420}
     assert not long, f"modules over ~400 lines: {long}"
+
+
+def test_the_kubernetes_launcher_line_parses(tmp_path, monkeypatch):
+    """schedulers/mpijob.yaml is documented only (no Kubernetes here): its launcher's command is the
+    `hvdgan launch` line that would run, with the MPI Operator's hostfile and the image's job path."""
+    from click.testing import CliRunner
+
+    job = yaml.safe_load((ROOT / "schedulers" / "mpijob.yaml").read_text())["spec"]
+    spec = job["mpiReplicaSpecs"]
+    command = spec["Launcher"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:2] == ["hvdgan", "launch"]
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("hvdgan-digits-worker-0 slots=1\nhvdgan-digits-worker-1 slots=1\n")
+    args = [str(hostfile) if a == "/etc/mpi/hostfile" else a.replace("/opt/hvdgan/", "") for a in command[1:]]
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(CLI, [args[0], "--dry-run", *args[1:]])
+    assert result.exit_code == 0, result.output
+    assert int(command[command.index("--np") + 1]) == spec["Worker"]["replicas"] * job["slotsPerWorker"]
+    assert "--resume auto" in result.output

@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
 import torch
 
-from conftest import HVDGAN, launch, run_env
-from faults import (EXIT_STOPPED, N, assert_same_final, catches, checkpoints, job_args, kill_group, logged_steps,
-                    rank_pids, reference, start, steps_done, wait_exit, wait_for)  # noqa: F401 (fixture)
+from conftest import HVDGAN, ROOT, launch, run_env
+from faults import (DEMO, EXIT_STOPPED, N, assert_same_final, catches, checkpoints, job_args, kill_group, logged_steps,
+                    rank_pids, reference, start, start_launch, steps_done, wait_exit, wait_for)  # noqa: F401
+
+# `hvdgan launch` FLAGS per launcher it composes
+LAUNCH_FLAGS = {"mpi": ["--mpi"], "gloo": ["--gloo"], "mpirun": ["--launcher", "mpirun"]}
 
 
 def test_usr1_to_one_rank_mid_run_stops_every_rank_at_one_step(digits, reference, tmp_path):
@@ -170,16 +174,17 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.mp
-@pytest.mark.parametrize("launcher", ["mpirun", "gloo", "mpi"])
+@pytest.mark.parametrize("launcher", ["mpirun", "gloo", "mpi", "hvdgan launch"])
 def test_no_rank_outlives_a_killed_launcher(digits, tmp_path, launcher):
-    """SIGKILL to the launcher alone (mpirun, horovodrun --gloo, horovodrun in MPI mode): every rank is gone
-    within 30 s and the newest checkpoint is whole. (Open MPI's ranks end when mpirun is gone; horovodrun
-    --gloo's middleman ends its ranks; horovodrun in MPI mode used to leave mpirun and the ranks running:
-    patches/.)"""
+    """SIGKILL to the launcher alone (mpirun, horovodrun --gloo, horovodrun in MPI mode, `hvdgan launch`):
+    every rank is gone within 30 s and the newest checkpoint is whole. (Open MPI's ranks end when mpirun is
+    gone; horovodrun --gloo's middleman ends its ranks; horovodrun in MPI mode used to leave mpirun and the
+    ranks running: patches/; `hvdgan launch`'s launcher dies with it: PR_SET_PDEATHSIG.)"""
     from hvdgan.run import checkpoint as ckpt
 
     out = tmp_path / "run"
-    proc = start(launcher, [HVDGAN, "train", *job_args(digits, out, steps=100_000)])
+    args = job_args(digits, out, steps=100_000)
+    proc = start_launch([], args) if launcher == "hvdgan launch" else start(launcher, [HVDGAN, "train", *args])
     try:
         wait_for(lambda: checkpoints(out) and len(rank_pids(out)) == 2, 240, "a checkpoint", proc)
         ranks = rank_pids(out)
@@ -218,3 +223,82 @@ def test_term_to_the_launcher_checkpoints_and_leaves_no_rank(digits, tmp_path, l
         text[-4000:]
     print(f"{launcher}: TERM to the launcher: checkpoint of step {stopped[-1]}, every rank gone {seconds:.1f}s "
           f"later, launcher status {rc}")
+
+
+@pytest.mark.mp
+@pytest.mark.parametrize("launcher,sig", [("mpi", signal.SIGTERM), ("gloo", signal.SIGINT), ("mpirun", signal.SIGHUP)])
+def test_a_signal_to_hvdgan_launch_stops_with_75_and_resumes_exactly(digits, reference, tmp_path, launcher, sig):
+    """TERM, INT (Ctrl-C) or HUP (a closed terminal) to `hvdgan launch` alone, whichever launcher it runs: a
+    checkpoint of the step in progress, every rank gone within 30 s, exit status 75; `--resume auto` then
+    ends bit-identical to an uninterrupted run."""
+    out = tmp_path / "run"
+    proc = start_launch(LAUNCH_FLAGS[launcher], job_args(digits, out))
+    try:
+        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
+        ranks = rank_pids(out)
+        os.kill(proc.pid, sig)
+        t0 = time.monotonic()
+        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
+        seconds = time.monotonic() - t0
+        rc, text, _ = wait_exit(proc, 30)
+    finally:
+        kill_group(proc)
+    last = steps_done(out)
+    assert rc == EXIT_STOPPED and 3 <= last < N, text[-4000:]
+    assert checkpoints(out)[-1] == last, (checkpoints(out), last)
+    assert f"hvdgan launch: {sig.name}: every rank stops after its step, with a checkpoint" in text, text[-4000:]
+    print(f"{sig.name} to hvdgan launch ({launcher}): checkpoint of step {last}, every rank gone {seconds:.1f}s "
+          f"later, exit status {rc}")
+
+    done = start_launch(LAUNCH_FLAGS[launcher], [*job_args(digits, out), "--resume", "auto"])
+    rc, text, _ = wait_exit(done, 300)
+    assert rc == 0, text[-4000:]
+    assert logged_steps(out) == list(range(1, N + 1))
+    assert_same_final(out / "checkpoints" / f"ckpt-{N:08d}.pt", reference)
+
+
+# ------------------------------------------------------------------------- schedulers other than Slurm
+def _scheduler_run(kind: str, digits, tmp_path):
+    """schedulers/pbs.sh and schedulers/lsf.sh as PBS and LSF start them (their node file: this host twice),
+    or the `timeout` line of docs/cluster.md. (argv, env, the stop signals in the scheduler's order)"""
+    out = tmp_path / "run"
+    args = job_args(digits, out, steps=100_000)[2:]  # (the job file: JOB)
+    nodes = tmp_path / "nodes"
+    nodes.write_text("localhost\nlocalhost\n")
+    env = run_env(JOB=str(DEMO))
+    if kind == "pbs":  # qdel: TERM, KILL kill_delay later
+        env.update(PBS_NODEFILE=str(nodes), PBS_O_WORKDIR=str(ROOT))
+        return out, ["bash", str(ROOT / "schedulers" / "pbs.sh"), *args], env, [signal.SIGTERM]
+    if kind == "lsf":  # bkill: INT, then TERM (JOB_TERMINATE_INTERVAL later), then KILL
+        env.update(LSB_DJOB_HOSTFILE=str(nodes), LS_SUBCWD=str(ROOT))
+        return out, ["bash", str(ROOT / "schedulers" / "lsf.sh"), *args], env, [signal.SIGINT, signal.SIGTERM]
+    # timeout: TERM to its command when the time is up (here: once training runs), KILL --kill-after later
+    return out, ["timeout", "--preserve-status", "--kill-after=60", "1000", HVDGAN, "launch", "--np", "2",
+                 str(DEMO), "--", *args], env, []
+
+
+@pytest.mark.mp
+@pytest.mark.parametrize("kind", ["pbs", "lsf", "timeout"])
+def test_other_schedulers_stop_with_a_checkpoint_and_75(digits, tmp_path, kind):
+    """The job scripts of docs/cluster.md's "Other schedulers", sent what their scheduler sends to end a job:
+    a checkpoint of the step in progress, every rank gone, exit status 75."""
+    out, argv, env, signals = _scheduler_run(kind, digits, tmp_path)
+    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, cwd=ROOT)
+    try:
+        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
+        ranks = rank_pids(out)
+        t0 = time.monotonic()
+        if kind == "timeout":  # its time is up (timeout's own alarm, sent early)
+            os.kill(proc.pid, signal.SIGALRM)
+        for sig in signals:
+            os.kill(proc.pid, sig)
+            time.sleep(1)
+        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
+        seconds = time.monotonic() - t0
+        rc, text, _ = wait_exit(proc, 30)
+    finally:
+        kill_group(proc)
+    last = steps_done(out)
+    assert rc == EXIT_STOPPED and checkpoints(out)[-1] == last, text[-4000:]
+    print(f"{kind}: checkpoint of step {last}, every rank gone {seconds:.1f}s after the first signal, exit status {rc}")

@@ -1,12 +1,14 @@
-"""`hvdgan launch`: the command line composed for each launcher, its errors, and that it runs the command
-and passes its exit status on. Single-process and fast: nothing here starts ranks."""
+"""`hvdgan launch`: the command line composed for each launcher, its errors, that it runs the command and
+passes its exit status on, and how it passes a stop on (stand-in launchers). Fast: nothing here starts ranks."""
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,9 @@ def test_horovodrun_line():
     assert result.exit_code == 0, result.output
     assert Path(cmd[0]).name == "horovodrun"
     assert cmd[1:5] == ["-np", "2", "-H", "localhost:2"]
-    assert Path(cmd[5]).name == "hvdgan"
-    assert cmd[6:] == ["train", "--job", DEMO, "--max-steps", "10"]
+    assert cmd[5:7] == ["env", "--block-signal=USR1,TERM,INT,HUP"]  # until hvdgan train has its handlers
+    assert Path(cmd[7]).name == "hvdgan"
+    assert cmd[8:] == ["train", "--job", DEMO, "--max-steps", "10"]
 
 
 def test_horovodrun_controller_and_hosts():
@@ -52,7 +55,7 @@ def test_hvdgan_is_the_running_environments():
     venv_exe = Path(sys.executable).with_name("hvdgan")
     if venv_exe.exists():
         assert exe == str(venv_exe)
-    assert L.train_argv("j.yaml", ["--x"])[1:] == ["train", "--job", "j.yaml", "--x"]
+    assert L.train_argv("j.yaml", ["--x"])[-4:] == ["train", "--job", "j.yaml", "--x"]
 
 
 def test_mpirun_line(monkeypatch):
@@ -258,3 +261,104 @@ def test_horovodrun_hostfile_becomes_hosts(tmp_path):
     hf.write_text("node1 slots=two\n")
     result, _ = dry("--np", "2", "--hostfile", str(hf), DEMO)
     assert result.exit_code == 2 and str(hf) in result.output and "line 1" in result.output
+
+
+# ------------------------------------------------------------------ the supervisor (hvdgan/dist/supervise.py)
+# Stand-in launchers: each records the signal it got and exits like the real one would. The real launchers,
+# with real ranks, are stopped the same way in tests/test_faults.py.
+STAND_IN = """#!{python}
+import json, os, signal, sys, time
+got = []
+for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, lambda n, f: got.append(n))
+open(sys.argv[1] + ".pid", "w").write(str(os.getpid()))
+while not got:
+    time.sleep(0.02)
+open(sys.argv[1] + ".got", "w").write(signal.Signals(got[0]).name)
+if os.environ.get("PREEMPTED"):  # what rank 0 writes when the ranks stopped on a signal
+    open(os.path.join(sys.argv[1], "result.json"), "w").write(json.dumps({{"status": "preempted", "step": 7}}))
+sys.exit(1)  # as horovodrun does when its ranks exit 75
+"""
+
+
+def _supervised(tmp_path, name, preempted=True):
+    """`supervise([NAME, OUT], OUT)` in a process of its own, with NAME a stand-in launcher."""
+    fake = tmp_path / name
+    fake.write_text(STAND_IN.format(python=sys.executable))
+    fake.chmod(0o755)
+    out = tmp_path / "run"
+    out.mkdir()
+    code = f"import sys; from hvdgan.dist.supervise import supervise; sys.exit(supervise({[str(fake), str(out)]!r}, {str(out)!r}))"
+    env = dict(os.environ, PREEMPTED="1" if preempted else "")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    pid_file = Path(f"{out}.pid")
+    for _ in range(500):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.02)
+    return proc, out, int(pid_file.read_text())
+
+
+@pytest.mark.parametrize("launcher,sig,passed", [("mpirun", "SIGTERM", "SIGUSR1"), ("srun", "SIGHUP", "SIGUSR1"),
+                                                 ("horovodrun", "SIGINT", "SIGTERM")])
+def test_a_stop_becomes_the_launchers_gentle_stop_and_exit_75(tmp_path, launcher, sig, passed):
+    """mpirun and srun forward USR1 to every rank (a TERM would kill them soon after); horovodrun --gloo
+    passes its TERM on. The launcher's 1 becomes 75 because the run says it stopped on a signal."""
+    proc, out, _ = _supervised(tmp_path, launcher)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=30)
+    assert Path(f"{out}.got").read_text() == passed
+    assert proc.returncode == 75, err
+    assert f"{sig}: every rank stops after its step, with a checkpoint ({passed} to {launcher})" in err
+    assert "the run stopped at step 7" in err and "exit status 75" in err
+
+
+def test_a_failure_keeps_the_launchers_status(tmp_path):
+    proc, out, _ = _supervised(tmp_path, "mpirun", preempted=False)
+    (out / "result.json").write_text('{"status": "preempted", "step": 3}')  # an earlier launch's: not this one's
+    os.utime(out / "result.json", (time.time() - 3600,) * 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+
+
+def test_the_launcher_dies_with_hvdgan_launch(tmp_path):
+    """SIGKILL to `hvdgan launch`: its launcher goes too (and the launcher's ranks with it: tests/test_faults.py)."""
+    proc, out, pid = _supervised(tmp_path, "mpirun")
+    proc.kill()
+    proc.wait()
+    try:
+        for _ in range(250):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the launcher outlived hvdgan launch by 5 s")
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_launcher_that_dies_of_the_stop_while_starting_is_a_stop(tmp_path):
+    """horovodrun dies of a TERM before it has its handler, which is before any rank exists: nothing was
+    lost, so the status is 75 (resume), not 143."""
+    fake = tmp_path / "horovodrun"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys, time\nopen(sys.argv[1], 'w').write('up')\ntime.sleep(60)\n")
+    fake.chmod(0o755)
+    up = tmp_path / "up"
+    code = f"import sys; from hvdgan.dist.supervise import supervise; sys.exit(supervise({[str(fake), str(up)]!r}, None))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    for _ in range(500):
+        if up.exists():
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, err
+    assert "the run stopped before any rank started (the launcher's status: 143)" in err

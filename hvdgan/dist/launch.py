@@ -5,6 +5,7 @@ Used by `hvdgan launch` and by the multi-process tests, so both start ranks the 
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+
+from . import stop
 
 LAUNCHERS = ("horovodrun", "mpirun", "srun")
 
@@ -170,9 +173,22 @@ def hvdgan_executable() -> str:
     return _tool("hvdgan")
 
 
+@functools.lru_cache(maxsize=None)
+def _env_blocks_signals() -> bool:
+    """Whether env(1) here has --block-signal (GNU coreutils 8.31 and later)."""
+    try:
+        return subprocess.run(["env", "--block-signal=USR1", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 def train_argv(job: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """What each rank runs for `hvdgan launch JOB -- EXTRA...`."""
-    return [hvdgan_executable(), "train", "--job", str(job), *extra]
+    """What each rank runs for `hvdgan launch JOB -- EXTRA...`: `hvdgan train`, with the stop signals blocked
+    (pending, not lost) until it has its handlers, as slurm/train.sh starts it: `hvdgan launch` repeats a
+    stop until the launcher ends, and a rank just starting would otherwise die of it."""
+    block = ["env", "--block-signal=" + ",".join(stop.name(s)[3:] for s in stop.SIGNALS)] \
+        if _env_blocks_signals() else []
+    return [*block, hvdgan_executable(), "train", "--job", str(job), *extra]
 
 
 def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controller: str | None = None,
