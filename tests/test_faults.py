@@ -199,6 +199,26 @@ def test_no_rank_outlives_a_killed_launcher(digits, tmp_path, launcher):
     print(f"{launcher} SIGKILLed: every rank gone {seconds:.1f}s later")
 
 
+def signal_the_launcher(proc, out, signals, pause: float = 1.0) -> tuple[int, str, float]:
+    """Once training runs (step 3, both ranks up), send `signals` to the launcher alone, `pause` s apart;
+    (its exit status, its output, the seconds from the first signal until every rank was gone). A rank
+    still there 30 s later, or a launcher 30 s after that, fails the test."""
+    try:
+        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
+        ranks = rank_pids(out)
+        t0 = time.monotonic()
+        for i, sig in enumerate(signals):
+            if i:
+                time.sleep(pause)
+            os.kill(proc.pid, sig)
+        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
+        seconds = time.monotonic() - t0
+        rc, text, _ = wait_exit(proc, 30)
+    finally:
+        kill_group(proc)
+    return rc, text, seconds
+
+
 @pytest.mark.mp
 @pytest.mark.parametrize("launcher", ["mpi", "gloo", "mpirun"])
 def test_term_to_the_launcher_checkpoints_and_leaves_no_rank(digits, tmp_path, launcher):
@@ -207,21 +227,11 @@ def test_term_to_the_launcher_checkpoints_and_leaves_no_rank(digits, tmp_path, l
     the ranks training on as orphans: patches/.)"""
     out = tmp_path / "run"
     proc = start(launcher, [HVDGAN, "train", *job_args(digits, out, steps=100_000)])
-    try:
-        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
-        ranks = rank_pids(out)
-        before = set(checkpoints(out))
-        os.kill(proc.pid, signal.SIGTERM)
-        t0 = time.monotonic()
-        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
-        seconds = time.monotonic() - t0
-        rc, text, _ = wait_exit(proc, 30)
-    finally:
-        kill_group(proc)
-    stopped = sorted(set(checkpoints(out)) - before)
-    assert stopped and re.search(rf"preempted \(SIGTERM, seen by rank\(s\) 0,1\) at step {stopped[-1]}", text), \
-        text[-4000:]
-    print(f"{launcher}: TERM to the launcher: checkpoint of step {stopped[-1]}, every rank gone {seconds:.1f}s "
+    rc, text, seconds = signal_the_launcher(proc, out, [signal.SIGTERM])
+    last = steps_done(out)
+    assert checkpoints(out)[-1] == last and re.search(
+        rf"preempted \(SIGTERM, seen by rank\(s\) 0,1\) at step {last}", text), text[-4000:]
+    print(f"{launcher}: TERM to the launcher: checkpoint of step {last}, every rank gone {seconds:.1f}s "
           f"later, launcher status {rc}")
 
 
@@ -233,16 +243,7 @@ def test_a_signal_to_hvdgan_launch_stops_with_75_and_resumes_exactly(digits, ref
     ends bit-identical to an uninterrupted run."""
     out = tmp_path / "run"
     proc = start_launch(LAUNCH_FLAGS[launcher], job_args(digits, out))
-    try:
-        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
-        ranks = rank_pids(out)
-        os.kill(proc.pid, sig)
-        t0 = time.monotonic()
-        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
-        seconds = time.monotonic() - t0
-        rc, text, _ = wait_exit(proc, 30)
-    finally:
-        kill_group(proc)
+    rc, text, seconds = signal_the_launcher(proc, out, [sig])
     last = steps_done(out)
     assert rc == EXIT_STOPPED and 3 <= last < N, text[-4000:]
     assert checkpoints(out)[-1] == last, (checkpoints(out), last)
@@ -272,9 +273,10 @@ def _scheduler_run(kind: str, digits, tmp_path):
     if kind == "lsf":  # bkill: INT, then TERM (JOB_TERMINATE_INTERVAL later), then KILL
         env.update(LSB_DJOB_HOSTFILE=str(nodes), LS_SUBCWD=str(ROOT))
         return out, ["bash", str(ROOT / "schedulers" / "lsf.sh"), *args], env, [signal.SIGINT, signal.SIGTERM]
-    # timeout: TERM to its command when the time is up (here: once training runs), KILL --kill-after later
+    # timeout: TERM to its command when the time is up (its alarm, sent here once training runs), KILL
+    # --kill-after later
     return out, ["timeout", "--preserve-status", "--kill-after=60", "1000", HVDGAN, "launch", "--np", "2",
-                 str(DEMO), "--", *args], env, []
+                 str(DEMO), "--", *args], env, [signal.SIGALRM]
 
 
 @pytest.mark.mp
@@ -285,20 +287,7 @@ def test_other_schedulers_stop_with_a_checkpoint_and_75(digits, tmp_path, kind):
     out, argv, env, signals = _scheduler_run(kind, digits, tmp_path)
     proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env, cwd=ROOT)
-    try:
-        wait_for(lambda: steps_done(out) >= 3 and len(rank_pids(out)) == 2, 240, "step 3", proc)
-        ranks = rank_pids(out)
-        t0 = time.monotonic()
-        if kind == "timeout":  # its time is up (timeout's own alarm, sent early)
-            os.kill(proc.pid, signal.SIGALRM)
-        for sig in signals:
-            os.kill(proc.pid, sig)
-            time.sleep(1)
-        wait_for(lambda: not any(_running(pid) for pid in ranks.values()), 30, "every rank gone")
-        seconds = time.monotonic() - t0
-        rc, text, _ = wait_exit(proc, 30)
-    finally:
-        kill_group(proc)
+    rc, text, seconds = signal_the_launcher(proc, out, signals)
     last = steps_done(out)
     assert rc == EXIT_STOPPED and checkpoints(out)[-1] == last, text[-4000:]
     print(f"{kind}: checkpoint of step {last}, every rank gone {seconds:.1f}s after the first signal, exit status {rc}")
