@@ -124,6 +124,8 @@ if [ -n "$stopping" ]; then  # a signal before the ranks started: nothing to sav
 else
   "${cmd[@]}" &
   step=$!
+  # A signal that came between the check above and `step=$!` found no step to forward to: forward it now.
+  [ -n "$stopping" ] && forward
   # `wait` returns early (status > 128) when a trapped signal arrives: then wait again for the real status.
   while :; do
     trapped=0 rc=0

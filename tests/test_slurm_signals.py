@@ -43,6 +43,14 @@ def running(cluster, jobid, log):
     return info["JobState"] == "RUNNING"
 
 
+def requeued(cluster, jobid, log, times: int) -> bool:
+    """Restarts reached `times`; a job that ended instead fails at once, with its log."""
+    info = cluster.job(jobid)
+    assert info["Restarts"] == str(times) or info["JobState"] in ("PENDING", "RUNNING", "REQUEUED",
+                                                                  "CONFIGURING"), f"{info}\n{text_of(log)[-4000:]}"
+    return info["Restarts"] == str(times)
+
+
 def finish(cluster, digits, workdir, out, reference, env=None):
     """A new job of the same run: it resumes and must end exactly where the uninterrupted run ended."""
     jobid, log = submit(cluster, workdir, job_args(digits, out)[2:], env=env)
@@ -60,7 +68,7 @@ def test_usr1_at_start_up_and_mid_run_requeue_and_end_exact(slurm_cluster, digit
     # (Slurm drops a signal to a batch step that has not started yet: wait for the script's first line)
     wait_for(lambda: running(slurm_cluster, jobid, log) and "start 0:" in text_of(log), 120, "the script")
     slurm_cluster.run(["scancel", "--signal=USR1", "--batch", str(jobid)])  # the ranks' start-up
-    wait_for(lambda: slurm_cluster.job(jobid)["Restarts"] == "1", 120, "the first requeue")
+    wait_for(lambda: requeued(slurm_cluster, jobid, log, 1), 120, "the first requeue")
     # Usually the ranks are still starting (nothing written). On an idle machine a tiny run may already be
     # training when scancel's signal lands: then it must have stopped with a checkpoint of its last step.
     # (A signal during start-up is also tested without Slurm's latency: test_faults.py, TERM at start-up.)
