@@ -140,6 +140,7 @@ class GAN:
                                               compression=compression)
         self.opt_d = hvd.DistributedOptimizer(opt_d, named_parameters=[("D." + n, p) for n, p in D.named_parameters()],
                                               compression=compression)
+        self.ema = None  # (made from G once every rank holds rank 0's G: nothing of it to broadcast now)
         self.broadcast()
         self.ema = EMA(G, settings.ema) if settings.ema > 0 else None
         self.noise_device = first_device(G)
@@ -161,6 +162,8 @@ class GAN:
         # hvd: ... and both optimizers' state, when rank 0 has any (after a resume). A fresh Adam is
         # skipped: broadcast_optimizer_state would first take a zero-gradient step to create the state,
         # starting Adam's step counter at 1 and changing its first updates against plain PyTorch.
+        if self.ema is not None:  # (after a resume: every rank keeps rank 0's average, as any may write it)
+            layout.broadcast_parameters(self.hvd, self.ema.state_dict(), root_rank=0)
         for opt in (self.opt_g, self.opt_d):
             # (objects get explicit names: Horovod matches collectives across ranks by name, and the
             # default name is the object's type, which may differ between rank 0 and the others)

@@ -146,6 +146,11 @@ class DistributionOptions:
                                         "GPU).")
     fp16_allreduce: bool = option(False, "Compress gradients to fp16 for the allreduce (half the bytes).")
     sync_bn: bool = option(False, "Horovod SyncBatchNorm: BatchNorm statistics over all ranks.")
+    elastic: bool = option(False, "Horovod elastic training: the run goes on when ranks are lost and takes them "
+                           "back when they return (start it with `hvdgan launch --elastic`; docs/elastic.md).")
+    commit_every: int = option(20, "With --elastic: keep a copy of the state in memory every N steps (and at "
+                               "every checkpoint); a lost rank costs the steps since the last one.",
+                               check=at_least(1))
 
 
 @dataclass(frozen=True)

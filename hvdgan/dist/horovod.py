@@ -58,8 +58,8 @@ def check_world(size: int, env=os.environ) -> None:
     size; it sets OMPI_COMM_WORLD_SIZE, which then must match Horovod's size instead.)
     """
     step_tasks = env.get("SLURM_STEP_NUM_TASKS")
-    if not step_tasks or not step_tasks.isdigit():
-        return
+    if not step_tasks or not step_tasks.isdigit() or env.get("HOROVOD_ELASTIC") == "1":
+        return  # (an elastic world's size changes; its ranks do not come from srun)
     expected = int(step_tasks)
     launcher_size = next((env[v] for _, v in LAUNCHER_ENV.values() if v and env.get(v, "").isdigit()), None)
     if size > 1 and launcher_size and int(launcher_size) == size:

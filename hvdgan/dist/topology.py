@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 
@@ -32,17 +33,25 @@ def describe_nodes(world: list[dict]) -> str:
     return f"{len(parts)} node(s): " + ", ".join(parts)
 
 
-def record_world(hvd, reader, epoch: int, out: Path | None) -> list[dict]:
+def record_world(hvd, reader, epoch: int, out: Path | None, step: int = 0) -> list[dict]:
     """Gather every rank's place (host, local rank and size, pid) and what it reads in `epoch` (its shards
-    and the global row of every image); rank 0 writes them to out/world.json. Returns the world."""
+    and the global row of every image); rank 0 writes them to out/world.json, whose `changes` list keeps
+    every world the run had (a start, a resume, an elastic membership change: when, from which step, how
+    many ranks on which nodes). Returns the world."""
     mine = {"rank": hvd.rank(), "size": hvd.size(), "local_rank": hvd.local_rank(), "local_size": hvd.local_size(),
             "cross_rank": hvd.cross_rank(), "cross_size": hvd.cross_size(), "host": socket.gethostname(),
             "pid": os.getpid(), "epoch": epoch, "shards": [int(s) for s in reader.shards_of(epoch)],
             "rows": [int(r) for r in reader.rows(epoch)]}
     world = hvd.allgather_object(mine, name="hvdgan.topology.world")
     if out is not None and hvd.rank() == 0:
+        try:
+            changes = json.loads((out / "world.json").read_text()).get("changes", [])
+        except (OSError, ValueError, AttributeError):
+            changes = []
+        changes.append({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "size": hvd.size(),
+                        "nodes": nodes_of(world)})
         doc = {"size": hvd.size(), "nodes": nodes_of(world), "images": int(reader.manifest.count),
-               "shards": len(reader.manifest.shards), "ranks": world}
+               "shards": len(reader.manifest.shards), "ranks": world, "changes": changes}
         tmp = out / "world.json.tmp"
         tmp.write_text(json.dumps(doc))
         tmp.replace(out / "world.json")

@@ -43,20 +43,23 @@ def step_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def to_cpu(obj: Any) -> Any:
+def to_cpu(obj: Any, copy: bool = False) -> Any:
+    """`obj` with its tensors on the CPU; `copy`: every tensor a copy (a CPU tensor too), so that the result
+    does not change with the training (an elastic commit, hvdgan.run.elastic)."""
     if torch.is_tensor(obj):
-        return obj.detach().cpu()
+        return obj.detach().to("cpu", copy=copy)
     if isinstance(obj, dict):
-        return {k: to_cpu(v) for k, v in obj.items()}
+        return {k: to_cpu(v, copy) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(to_cpu(v) for v in obj)
+        return type(obj)(to_cpu(v, copy) for v in obj)
     return obj
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permissions a new file gets under the umask (mkstemp makes 0600)."""
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def first_non_finite(obj: Any, where: str = "") -> str | None:
@@ -106,7 +109,7 @@ def write_atomic(state: dict, final: Path) -> Path:
             f.write(buf.getbuffer())
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; checkpoints follow the umask like any file
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; checkpoints follow the umask like any file
         os.replace(tmp, final)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,6 +31,7 @@ from ..models.placement import describe, evaluation_device, place
 from ..models.zoo import architecture, build_networks
 from . import actions as periodic
 from .actions import Action, Tick
+from .checkpoint import file_mode
 from .checkpointer import Checkpointer
 from .lock import RunLock
 from .runlog import RunLog, plot_losses
@@ -38,9 +41,10 @@ log = logging.getLogger("hvdgan")
 
 
 class Trainer:
-    def __init__(self, options: TrainConfig, actions: Sequence[Action] = (), stop_flag=stop.StopFlag):
+    def __init__(self, options: TrainConfig, actions: Sequence[Action] = (), stop_flag=stop.StopFlag, commit=None):
         """`actions`: run after the standard ones at every generator step. `stop_flag`: the class of the
-        collective stop decision (None: signals are not polled; benchmarks only)."""
+        collective stop decision (None: signals are not polled; benchmarks only). `commit`: an elastic run's
+        hvdgan.run.elastic.Commit, whose newest state (any rank's) this trainer continues from."""
         # 1. the world and this rank's shards (the reader checks the dataset and the batch size against it,
         #    naming the file; the same on every rank)
         self.world = world = World.from_horovod()
@@ -80,11 +84,18 @@ class Trainer:
             from ..eval.evaluate import for_training
 
             self.evaluator = for_training(cfg, world, evaluation_device(cfg.devices))
-        # 5. the run directory, held by this run alone, and the checkpoint to continue from (--resume)
+        # 5. the run directory, held by this run alone, and the checkpoint (or elastic commit) to continue from
         self.lock = world.on_root(lambda: RunLock(self.out).acquire(), "hvdgan.lock")
         self.checkpoints = Checkpointer(self.out, cfg.output.keep_checkpoints, world)
-        self.checkpoints.restore(cfg.output.resume, self.gan, self.state, self.arch, cfg.schedule.batch_size,
-                                 self.reader.batches_per_epoch)
+        self.commit = commit
+        try:
+            snapshot = commit.newest(world) if commit is not None else None  # (collective)
+            self.checkpoints.restore(cfg.output.resume, self.gan, self.state, self.arch, cfg.schedule.batch_size,
+                                     self.reader.batches_per_epoch, snapshot=snapshot)
+        except BaseException:  # a start that fails leaves the run directory free
+            if self.lock is not None:
+                self.lock.release()
+            raise
         self.runlog: RunLog | None = None  # rank 0's, from run() on
         self.actions = periodic.standard(self) + list(actions)
         self.result = {"status": "done"}
@@ -141,9 +152,13 @@ class Trainer:
             log.info("training %d steps on %d rank(s), batch %d per rank, %s; out: %s", cfg.total_steps,
                      world.size, cfg.schedule.batch_size, describe(cfg.devices), self.out)
         # every rank's node, local rank and shards -> world.json (a collective; rank 0 made the directory)
-        nodes = topology.record_world(world.hvd, self.reader, self.state.epoch, self.out)
+        nodes = topology.record_world(world.hvd, self.reader, self.state.epoch, self.out, self.state.step)
         if world.root:
             log.info("world: %d rank(s) on %s", world.size, topology.describe_nodes(nodes))
+            if self.commit is not None:  # an elastic run's membership, in its metrics too; a world that
+                (self.out / "result.json").unlink(missing_ok=True)  # re-formed leaves no "preempted" behind
+                self.runlog.write({"step": self.state.step, "event": "world", "size": world.size,
+                                   "nodes": topology.nodes_of(nodes), "time": time.time()})
         for action in reversed(self.actions):  # (the first ones, progress and log, start their clocks last)
             action.begin()
 
@@ -166,6 +181,17 @@ class Trainer:
         if result["status"] == "preempted":  # hvd: no rank exits (75) before rank 0 has written everything,
             self.world.hvd.barrier()         # or srun --kill-on-bad-exit would kill it mid-write
         return result
+
+    def abandon(self) -> None:
+        """Horovod interrupted the run (an elastic membership change): end this trainer's local part (the
+        watchdog, the progress bar, the log, the run directory's lock), with no collective and nothing written
+        but the log; the next trainer continues from the last commit."""
+        for action in self.actions:
+            action.end()
+        if self.runlog is not None:
+            self.runlog.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def stopped_before_training(self) -> dict:
         result = {"status": "preempted", "step": self.state.step, "signal": stop.name(stop.received())}
@@ -192,6 +218,10 @@ def setup_logging() -> None:
 
 def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
     setup_logging()
+    if cfg.distribution.elastic:
+        from .elastic import train_elastic
+
+        return train_elastic(cfg, actions)
     trainer = Trainer(cfg, actions)
     if not trainer.world.root:
         log.setLevel(logging.WARNING)
@@ -202,7 +232,10 @@ def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
 
 
 def write_result(out: Path, result: dict) -> None:
-    """result.json: how the run ended (`hvdgan launch` reads its status), written whole or not at all."""
-    tmp = out / ".result.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "result.json")
+    """result.json: how the run ended (`hvdgan launch` reads its status), written whole or not at all (by
+    several processes at once too: the survivors of an elastic run)."""
+    fd, tmp = tempfile.mkstemp(prefix=".result.json.", suffix=".tmp", dir=out)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(result, indent=2))
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, out / "result.json")

@@ -48,9 +48,10 @@ class RunState:
         warnings = [moved] if moved else []
         if meta["world_size"] == size:
             self.set_rng_state(meta["rng"][rank])
-        else:
-            warnings.append(f"resuming a {meta['world_size']}-rank run on {size} ranks: noise streams restart "
-                            "from the seed")
+        else:  # (a stream per rank of the new world; the step keeps them from repeating the first steps' draws)
+            self.noise.manual_seed(self.noise.initial_seed() + 1_000_003 * self.step)
+            warnings.append(f"resuming a {meta['world_size']}-rank run on {size} ranks: new noise streams, from "
+                            f"the seed and step {self.step}")
         return warnings
 
 
