@@ -21,8 +21,7 @@ from .errors import HvdganError
 
 
 class Commands(click.Group):
-    """hvdgan's commands: the library's HvdganError, raised while a command's options are read (a job file)
-    or while it runs, becomes Click's one-line error (`Error: MESSAGE`) with its exit status, 2."""
+    """An HvdganError (reading a job file, or running) becomes Click's one-line `Error: MESSAGE` (its exit status)."""
 
     def invoke(self, ctx):
         try:
@@ -47,9 +46,8 @@ def main():
 # --------------------------------------------------------------------------------------------- info
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of tables.")
-@click.option("--placement", metavar="SPEC", default=None,
-              help="Show the devices this placement gives each rank, e.g. G=gpu0,D=gpu1 (as `hvdgan train "
-                   "--placement`; see docs/placement.md). Exits non-zero when a rank cannot use it.")
+@click.option("--placement", metavar="SPEC", default=None, help="Show the devices this placement gives each rank, "
+              "e.g. G=gpu0,D=gpu1 (docs/placement.md). Exits non-zero when a rank cannot use it.")
 def info(as_json, placement):
     """Versions, Horovod's build, GPUs, and the world as each rank sees it."""
     from . import info as info_mod
@@ -259,33 +257,35 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
 @click.option("--launcher", type=click.Choice(LAUNCHERS), default="horovodrun", show_default=True,
               help="srun runs with --mpi=pmix (inside or outside an allocation).")
 @click.option("--gloo/--mpi", "gloo", default=None, help="horovodrun's controller (default: horovodrun's choice).")
-@click.option("--mca", multiple=True, metavar="KEY=VALUE",
-              help="mpirun's Open MPI settings, repeatable; replace the default $HVDGAN_MPIRUN_MCA or "
-                   "'pml=ob1 btl=^openib' (e.g. --mca pml=ucx on InfiniBand).")
-@click.option("--iface", metavar="NAME", default=None,
-              help="Network interface for the ranks' traffic (Gloo, Open MPI TCP, NCCL bootstrap); default "
-                   "$HVDGAN_NET_IFACE, else the launcher's own choice.")
+@click.option("--mca", multiple=True, metavar="KEY=VALUE", help="mpirun's Open MPI settings, repeatable; replace "
+              "the default $HVDGAN_MPIRUN_MCA or 'pml=ob1 btl=^openib' (e.g. --mca pml=ucx on InfiniBand).")
+@click.option("--iface", metavar="NAME", default=None, help="Network interface for the ranks' traffic (Gloo, Open "
+              "MPI TCP, NCCL bootstrap); default $HVDGAN_NET_IFACE, else the launcher's own choice.")
+@click.option("--elastic", is_flag=True, help="Horovod elastic: the run goes on when ranks are lost (docs/elastic.md).")
+@click.option("--min-np", type=click.IntRange(min=1), help="--elastic: the fewest ranks to go on with [1].")
+@click.option("--max-np", type=click.IntRange(min=1), help="--elastic: the most ranks [--np].")
+@click.option("--discovery", metavar="SCRIPT", help="--elastic: a script printing host:slots lines [the hosts of "
+              "--hostfile (read anew), --hosts, the Slurm job, or this host].")
 @click.option("--dry-run", is_flag=True, help="Print the command and exit.")
 @click.argument("job", metavar="JOB")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED, metavar="[-- TRAIN OPTIONS...]")
-def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, dry_run, job, extra):
+def launch(np_, hosts, hostfile, launcher, gloo, mca, iface, elastic, min_np, max_np, discovery, dry_run, job, extra):
     """Start `hvdgan train --job JOB` on N ranks with horovodrun, mpirun or srun.
 
     \b
     Prints the composed command line, then runs it and waits. Options after `--` go to `hvdgan train`, e.g.
         hvdgan launch --np 4 --launcher mpirun jobs/cifar10-dcgan64.yaml -- --max-steps 1000
-    TERM, INT (Ctrl-C), HUP or USR1: every rank stops after the step in progress, with a checkpoint.
-    Exit status: as `hvdgan train`'s (0 finished, 75 stopped: resume with --resume auto), whichever
-    launcher ran the ranks; a launcher's failure otherwise.
+    TERM, INT (Ctrl-C), HUP or USR1: every rank stops after the step in progress, with a checkpoint. Exit
+    status: `hvdgan train`'s (0 finished, 75 stopped: resume with --resume auto); a launcher's failure else.
     """
     from .dist import launch as launch_mod
     from .dist.supervise import supervise
-
     extra = list(extra[1:] if extra[:1] == ("--",) else extra)  # (options stop at JOB: click hands `--` on)
     out = _train_config(job, extra).output.out  # the options `hvdgan train` will get: a bad one stops here
     try:
         cmd = launch_mod.compose(np_, job, extra, launcher=launcher, hosts=hosts, hostfile=hostfile, mca=mca,
-                                 iface=iface, controller=None if gloo is None else ("gloo" if gloo else "mpi"))
+                                 iface=iface, controller=None if gloo is None else ("gloo" if gloo else "mpi"),
+                                 elastic=(min_np, max_np, discovery) if elastic else None)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(launch_mod.quote(cmd))

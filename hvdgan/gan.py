@@ -162,7 +162,7 @@ class GAN:
         # hvd: ... and both optimizers' state, when rank 0 has any (after a resume). A fresh Adam is
         # skipped: broadcast_optimizer_state would first take a zero-gradient step to create the state,
         # starting Adam's step counter at 1 and changing its first updates against plain PyTorch.
-        if self.ema is not None:  # (after a resume: every rank keeps rank 0's average, as any may write it)
+        if self.settings.ema_shared and self.ema is not None:  # (elastic: every rank keeps rank 0's average)
             layout.broadcast_parameters(self.hvd, self.ema.state_dict(), root_rank=0)
         for opt in (self.opt_g, self.opt_d):
             # (objects get explicit names: Horovod matches collectives across ranks by name, and the

@@ -36,6 +36,7 @@ class GANSettings:
     betas: tuple[float, float] = (0.5, 0.999)
     d_steps: int = 1
     ema: float = 0.999  # decay of G's moving average; 0: none on this rank
+    ema_shared: bool = False  # every rank keeps the average (elastic: any rank may become rank 0)
     fp16_allreduce: bool = False
     sync_bn: bool = False
     amp: bool = False  # bf16 autocast of the CUDA ops (CPU ops are untouched)
@@ -102,9 +103,11 @@ def resolve(options: TrainConfig, world: World, data: DataFacts) -> Resolved:
     amp = on_cuda and dist.amp is not False  # autocast("cuda") changes CUDA ops only
     scale = LR_SCALE[optim.lr_scaling](world.size)
     reg = options.regularisation
+    # G's EMA: rank 0 samples and saves it; in an elastic run any rank may become rank 0, so every rank keeps it
+    ema = optim.ema if world.rank == 0 or dist.elastic else 0.0
     gan = GANSettings(loss=optim.loss or ("hinge" if net.model == "resnet" else "bce"),  # the family's usual loss
                       lr_g=optim.lr_g * scale, lr_d=optim.lr_d * scale, betas=(optim.beta1, optim.beta2),
-                      d_steps=optim.d_steps, ema=optim.ema if world.rank == 0 else 0.0,  # rank 0 samples, saves it
+                      d_steps=optim.d_steps, ema=ema, ema_shared=dist.elastic,
                       fp16_allreduce=dist.fp16_allreduce, sync_bn=dist.sync_bn, amp=amp,
                       augment=parse_policy(reg.augment), r1=reg.r1, r1_every=reg.r1_every)
     schedule = options.schedule

@@ -107,10 +107,15 @@ class Launch:
     hostfile: str | None = None
     mca: tuple[str, ...] | None = None  # mpirun's KEY=VALUE settings (None: HVDGAN_MPIRUN_MCA or DEFAULT_MCA)
     iface: str | None = None  # network interface for rank traffic (None: the launcher's own choice)
+    discovery: str | None = None  # elastic: the host discovery command (hvdgan.dist.discover's, or a site's)
+    min_np: int | None = None  # elastic: the fewest ranks the run goes on with
+    max_np: int | None = None  # elastic: the most ranks
 
     def command(self, argv: list[str], env=os.environ) -> list[str]:
         if self.np < 1:
             raise ValueError(f"--np must be >= 1, got {self.np}")
+        if self.discovery:
+            return self.elastic_command(argv, env)
         if self.launcher == "horovodrun":
             cmd = [_tool("horovodrun"), "-np", str(self.np)]
             if self.controller:
@@ -149,6 +154,22 @@ class Launch:
                 cmd.append("--nodelist=" + ",".join(dict.fromkeys(names)))
             return cmd + iface_args("srun", self.iface) + argv
         raise ValueError(f"unknown launcher {self.launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+
+    def elastic_command(self, argv: list[str], env=os.environ) -> list[str]:
+        """horovodrun's elastic mode (Gloo only). Without --network-interface Horovod's elastic driver hangs
+        at start; a host whose rank died is left out for a cool-down (HVDGAN_ELASTIC_COOLDOWN, "LOW HIGH"
+        seconds, growing with each failure of it) and then tried again, instead of for the rest of the job."""
+        if self.launcher != "horovodrun" or self.controller == "mpi":
+            raise ValueError("--elastic needs --launcher horovodrun with Gloo (Horovod's elastic mode has no MPI)")
+        lo, hi = self.min_np or 1, self.max_np or self.np
+        if not lo <= self.np <= hi:
+            raise ValueError(f"--elastic: need --min-np <= --np <= --max-np, got {lo} <= {self.np} <= {hi}")
+        cooldown = env.get("HVDGAN_ELASTIC_COOLDOWN", "10 120").split()
+        if len(cooldown) != 2 or not all(c.isdigit() for c in cooldown) or int(cooldown[0]) > int(cooldown[1]):
+            raise ValueError(f"HVDGAN_ELASTIC_COOLDOWN={' '.join(cooldown)!r}: not 'LOW HIGH' seconds (e.g. '10 120')")
+        return [_tool("horovodrun"), "-np", str(self.np), "--min-np", str(lo), "--max-np", str(hi), "--gloo",
+                "--host-discovery-script", self.discovery, "--network-interface", self.iface or "lo",
+                "--blacklist-cooldown-range", *cooldown, *argv]
 
 
 def run(cmd: list[str], timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
@@ -193,9 +214,11 @@ def train_argv(job: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
 
 def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controller: str | None = None,
             hosts: str | None = None, hostfile: str | None = None, env=os.environ, mca=None,
-            iface: str | None = None) -> list[str]:
+            iface: str | None = None, elastic: tuple | None = None) -> list[str]:
     """The full launcher line for `hvdgan launch`. Gloo is a horovodrun mode: mpirun and srun start MPI
-    ranks, so `--gloo` with them is an error rather than silently ignored."""
+    ranks, so `--gloo` with them is an error rather than silently ignored. `elastic`: (min_np, max_np,
+    discovery script or None) for horovodrun's elastic mode; its hosts come from the script, else
+    --hostfile (read anew each time), --hosts, the Slurm job's nodes, or this host."""
     if launcher not in LAUNCHERS:
         raise ValueError(f"unknown launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
     if controller == "gloo" and launcher != "horovodrun":
@@ -204,10 +227,30 @@ def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controlle
         raise ValueError("give --hosts or --hostfile, not both")
     if mca and launcher != "mpirun":
         raise ValueError(f"--mca is mpirun's (with {launcher}, set OMPI_MCA_<key> in the environment)")
+    iface = iface if iface is not None else (env.get("HVDGAN_NET_IFACE") or None)
+    discovery = min_np = max_np = None
+    if elastic:
+        from . import discover
+
+        min_np, max_np, script = elastic
+        if hosts:
+            discover.parse_hosts(hosts)  # (a bad list fails here, not in the driver's first discovery)
+        in_slurm = bool(env.get("SLURM_JOB_NODELIST"))
+        discovery = script or discover.command(slurm=in_slurm, hostfile=hostfile,
+                                               hosts=hosts or (None if in_slurm else f"localhost:{max_np or np}"))
+        if not iface and (script or hostfile or in_slurm or (hosts and _remote(hosts))):
+            raise ValueError("--elastic on several hosts needs --iface NAME (or $HVDGAN_NET_IFACE): the network "
+                             "interface the ranks reach each other through; Horovod's elastic start hangs without it")
+        hosts = hostfile = None
+        extra = [*extra, "--elastic"] if "--elastic" not in extra else list(extra)
     spec = Launch(np=np, launcher=launcher, controller=controller if launcher == "horovodrun" else None,
-                  hosts=hosts, hostfile=hostfile, mca=tuple(mca) if mca else None,
-                  iface=iface if iface is not None else (env.get("HVDGAN_NET_IFACE") or None))
+                  hosts=hosts, hostfile=hostfile, mca=tuple(mca) if mca else None, iface=iface,
+                  discovery=discovery, min_np=min_np, max_np=max_np)
     return spec.command(train_argv(job, extra), env=env)
+
+
+def _remote(hosts: str) -> bool:
+    return any(h.split(":")[0] not in ("localhost", "127.0.0.1") for h in hosts.split(","))
 
 
 def quote(cmd: list[str]) -> str:

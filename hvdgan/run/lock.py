@@ -17,6 +17,7 @@ from pathlib import Path
 from ..errors import HvdganError
 
 NAME = ".hvdgan.lock"
+_HELD: dict[Path, "RunLock"] = {}  # this process's locks: an elastic run's next Trainer takes its own over
 
 
 class RunLock:
@@ -26,6 +27,11 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Take the lock, or fail with one line naming the holder (nothing is written then)."""
+        mine = _HELD.pop(self.path.resolve(), None)
+        if mine is not None and mine.fd is not None:  # (flock would refuse a second open file of this process)
+            self.fd, mine.fd = mine.fd, None
+            _HELD[self.path.resolve()] = self
+            return self
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -45,9 +51,12 @@ class RunLock:
         os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                   "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
         self.fd = fd
+        _HELD[self.path.resolve()] = self
         return self
 
     def release(self) -> None:
+        if _HELD.get(self.path.resolve()) is self:
+            del _HELD[self.path.resolve()]
         if self.fd is not None:
             os.ftruncate(self.fd, 0)  # (the file stays: removing it would race with a waiting start)
             os.close(self.fd)  # closing releases the flock

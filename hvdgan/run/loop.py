@@ -186,12 +186,17 @@ class Trainer:
         """Horovod interrupted the run (an elastic membership change): end this trainer's local part (the
         watchdog, the progress bar, the log, the run directory's lock), with no collective and nothing written
         but the log; the next trainer continues from the last commit."""
-        for action in self.actions:
-            action.end()
-        if self.runlog is not None:
-            self.runlog.close()
-        if self.lock is not None:
-            self.lock.release()
+        try:
+            for action in self.actions:
+                try:
+                    action.end()
+                except Exception as exc:  # (the next world must still start: say it, go on)
+                    log.warning("ending %s after a world change: %s", action.name, exc)
+            if self.runlog is not None:
+                self.runlog.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def stopped_before_training(self) -> dict:
         result = {"status": "preempted", "step": self.state.step, "signal": stop.name(stop.received())}

@@ -1,0 +1,124 @@
+"""Elastic training (`hvdgan launch --elastic`, Horovod elastic over Gloo) on the real two-node cluster
+(tests/multinode_cluster.py), and the host discovery it runs.
+
+The run starts on node1:2 and node2:2. Every hvdgan process on node2 is SIGKILLed mid-run: node1's ranks go
+on from the last commit without a restart of the job, and node2, still listed by the discovery, comes back
+after the blacklist's cool-down and gets the state. The run reaches its last step with the same parameters
+on every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import HVDGAN
+from faults import wait_for
+from hvdgan.dist import discover
+from hvdgan.dist.launch import compose
+from multinode_cluster import IFACE, two_nodes, two_nodes_session  # noqa: F401  (fixtures)
+from test_multinode import DEMO, env_for
+
+COMMIT_EVERY = 10
+
+
+# ------------------------------------------------------------------------------------------- discovery
+def test_discovery_from_hosts_and_a_hostfile_read_anew(tmp_path):
+    run = [sys.executable, "-m", "hvdgan.dist.discover"]
+    out = subprocess.run([*run, "--hosts", "node1:2,node2"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, "node1:2\nnode2:1\n")
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the cluster\nnode1 slots=2\nnode2:2\n")
+    assert subprocess.run([*run, "--hostfile", hostfile], capture_output=True, text=True).stdout == "node1:2\nnode2:2\n"
+    hostfile.write_text("node1 slots=2\n")  # a host taken out of the file is gone at the next discovery
+    assert subprocess.run([*run, "--hostfile", hostfile], capture_output=True, text=True).stdout == "node1:2\n"
+    bad = subprocess.run([*run, "--hosts", "node1:two"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "hvdgan discover: --hosts: 'node1:two' is not HOST:SLOTS " \
+                                                         "(e.g. node1:4)"
+    assert discover.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+
+
+def test_launch_elastic_composes_horovodruns_elastic_mode():
+    cmd = compose(4, DEMO, ["--commit-every", "5"], hosts="node1:2,node2:2", iface="eth0", env={},
+                  elastic=(2, None, None))
+    i = cmd.index("--host-discovery-script")
+    assert cmd[1:i] == ["-np", "4", "--min-np", "2", "--max-np", "4", "--gloo"], cmd
+    assert cmd[i + 1].endswith("-m hvdgan.dist.discover --hosts node1:2,node2:2")
+    assert cmd[i + 2:i + 6] == ["--network-interface", "eth0", "--blacklist-cooldown-range", "10"]
+    assert cmd[-3:] == ["--commit-every", "5", "--elastic"]
+    slurm = compose(4, DEMO, env={"SLURM_JOB_NODELIST": "node[1-2]"}, iface="eth0", elastic=(1, 8, None))
+    assert slurm[slurm.index("--host-discovery-script") + 1].endswith("-m hvdgan.dist.discover --slurm")
+    for args, words in (({"hosts": "node1:2,node2:2"}, "needs --iface"), ({"controller": "mpi"}, "no MPI"),
+                        ({"hosts": "node1:x"}, "'node1:x' is not HOST:SLOTS")):
+        with pytest.raises(ValueError, match=words):
+            compose(4, DEMO, env={}, elastic=(1, None, None), **args)
+    with pytest.raises(ValueError, match=r"--min-np <= --np <= --max-np, got 1 <= 4 <= 2"):
+        compose(4, DEMO, env={}, elastic=(1, 2, None))
+
+
+# ------------------------------------------------------------------------------------- the two nodes
+def ranks_of(out: Path, host: str) -> list[int]:
+    world = json.loads((out / "world.json").read_text())
+    return [r["pid"] for r in world["ranks"] if r["host"] == host]
+
+
+def logged(out: Path) -> list[dict]:
+    from hvdgan.run.runlog import read_metrics
+
+    return read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
+
+
+def test_node2_killed_node1_goes_on_and_node2_rejoins(two_nodes, digits, tmp_path):
+    """Every hvdgan process on node2 SIGKILLed at step >= 60: node1's two ranks continue from the last commit
+    (at most --commit-every steps back) without a restart of the job; node2, still listed, rejoins after the
+    cool-down and gets the state; the run ends at its last step with identical parameters on all ranks."""
+    out, steps = tmp_path / "run", 300  # (~0.17 s a step here: node2 is back ~80 steps after the kill)
+    env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="60", HVDGAN_ELASTIC_COOLDOWN="2 3")
+    env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8")
+    argv = [HVDGAN, "launch", "--np", "4", "--min-np", "2", "--elastic", "--hosts", "node1:2,node2:2", "--iface", IFACE,
+            DEMO, "--", "--commit-every", str(COMMIT_EVERY)]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as sink:  # (a file: a pipe nobody reads would fill and block the launcher)
+        proc = subprocess.Popen(two_nodes.on("node1", argv), env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: len(logged(out)) and logged(out)[-1].get("step", 0) >= 60, 240, "step 60", proc)
+        node2 = ranks_of(out, "node2")
+        assert len(node2) == 2
+        killed_at = logged(out)[-1]["step"]
+        t0 = time.monotonic()
+        for pid in node2:
+            os.kill(pid, signal.SIGKILL)
+        # node1 goes on: a world of 2 ranks, recorded in metrics.jsonl and world.json
+        wait_for(lambda: any(r.get("event") == "world" and r["size"] == 2 for r in logged(out)), 120,
+                 "the 2-rank world", proc)
+        go_on_s = time.monotonic() - t0
+        wait_for(lambda: any(r.get("event") == "world" and r["size"] == 4 and r["step"] > killed_at - COMMIT_EVERY
+                             for r in logged(out)), 180, "node2 back", proc)
+        rejoin_s = time.monotonic() - t0
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        text = log.read_text(errors="replace")
+    assert proc.returncode == 0, text[-6000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "done" and result["step"] == steps, result
+    assert result["parameters_identical"] is True
+    worlds = [r for r in logged(out) if r.get("event") == "world"]
+    assert [w["size"] for w in worlds][:3] == [4, 2, 4], worlds
+    resumed = worlds[1]["step"]
+    assert killed_at - COMMIT_EVERY <= resumed <= killed_at + COMMIT_EVERY, (killed_at, worlds)  # steps lost
+    assert worlds[1]["nodes"] == {"node1": [0, 1]} and set(worlds[2]["nodes"]) == {"node1", "node2"}
+    changes = json.loads((out / "world.json").read_text())["changes"]
+    assert [c["size"] for c in changes][:3] == [4, 2, 4] and changes[1]["step"] == resumed
+    print(f"node2 killed at step ~{killed_at}: node1 went on from step {resumed} within {go_on_s:.1f}s; "
+          f"node2 back within {rejoin_s:.1f}s; {len(worlds)} worlds; done at step {steps}")
