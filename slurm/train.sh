@@ -20,6 +20,13 @@
 # - Exit status: 0 finished; 75 stopped with a checkpoint (requeued after USR1); anything else failed (no
 #   requeue: look at the log).
 #
+# Elastic (HVDGAN_ELASTIC=1, docs/elastic.md): `hvdgan launch --elastic` on this node starts the ranks over ssh
+# on the job's nodes that Slurm reports usable, and the run goes on when a node's ranks are lost (submit with
+# --no-kill, so that Slurm does not end the job when a node fails). HVDGAN_MIN_NP: the fewest ranks to go on
+# with (default: one node's tasks). Ranks started over ssh are outside the job's cgroups and accounting
+# unless the site adopts them (pam_slurm_adopt).
+#   HVDGAN_ELASTIC=1 sbatch --no-kill --nodes=2 slurm/train.sh jobs/digits-demo.yaml
+#
 #SBATCH --job-name=hvdgan
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=2
@@ -98,7 +105,11 @@ launcher=${HVDGAN_LAUNCHER:-}
 if [ -z "$launcher" ]; then
   if srun --mpi=list 2>&1 | grep -qw pmix; then launcher=srun; else launcher=mpirun; fi
 fi
+[ "${HVDGAN_ELASTIC:-0}" = 1 ] && launcher=elastic
 case $launcher in
+  elastic)
+    cmd=(hvdgan launch --elastic --np "${SLURM_NTASKS:-1}" --min-np "${HVDGAN_MIN_NP:-${SLURM_NTASKS_PER_NODE:-1}}"
+         --iface "${iface:-lo}" "$JOB" -- --resume auto "$@") ;;
   srun) cmd=(srun --mpi=pmix --kill-on-bad-exit=1) ;;
   mpirun)
     # mpirun answers a TERM (scancel) by killing the ranks odls_base_sigkill_timeout s later (default 1):
@@ -110,9 +121,11 @@ case $launcher in
     done ;;
   *) say "error: HVDGAN_LAUNCHER=$launcher: use srun or mpirun"; exit 2 ;;
 esac
-# USR1 and TERM stay blocked (pending, not lost) until hvdgan train has its handlers (hvdgan/dist/stop.py).
-env --block-signal=USR1 true 2>/dev/null && cmd+=(env --block-signal=USR1,TERM)
-cmd+=(hvdgan train --job "$JOB" --resume auto "$@")
+if [ "$launcher" != elastic ]; then  # (hvdgan launch starts its ranks so itself)
+  # USR1 and TERM stay blocked (pending, not lost) until hvdgan train has its handlers (hvdgan/dist/stop.py).
+  env --block-signal=USR1 true 2>/dev/null && cmd+=(env --block-signal=USR1,TERM)
+  cmd+=(hvdgan train --job "$JOB" --resume auto "$@")
+fi
 
 say "job ${SLURM_JOB_ID:-?} start ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NODELIST:-?}"
 say "network interface: ${iface:-(chosen by MPI, Gloo and NCCL)}"
@@ -150,7 +163,9 @@ preempted_by_slurm() { scontrol show job "${SLURM_JOB_ID:-}" 2>/dev/null | grep 
 case $rc in
   0) say "finished"; exit 0 ;;
   75)
-    if [ "$stopping" = USR1 ] || preempted_by_slurm; then
+    # (elastic, with no signal: the ranks fell below HVDGAN_MIN_NP or no node of the world was left, and the
+    # last commit was written: new nodes continue it)
+    if [ "$stopping" = USR1 ] || preempted_by_slurm || { [ "$launcher" = elastic ] && [ -z "$stopping" ]; }; then
       say "stopped with a checkpoint: requeueing job $SLURM_JOB_ID (it resumes from the newest checkpoint)"
       scontrol requeue "$SLURM_JOB_ID" || say "scontrol requeue failed (Slurm requeues a preempted job itself)"
       # Slurm ends this script as it requeues the job; should it not, leave after a while.

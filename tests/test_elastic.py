@@ -21,10 +21,11 @@ import pytest
 
 from conftest import HVDGAN
 from faults import wait_for
+from test_slurm_signals import running
 from hvdgan.dist import discover
 from hvdgan.dist.launch import compose
 from multinode_cluster import IFACE, two_nodes, two_nodes_session  # noqa: F401  (fixtures)
-from test_multinode import DEMO, env_for
+from test_multinode import DEMO, env_for, submit, wait_done
 
 COMMIT_EVERY = 10
 
@@ -75,6 +76,23 @@ def logged(out: Path) -> list[dict]:
     return read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
 
 
+
+def check_lost_and_back(out: Path, steps: int, killed_at: int) -> int:
+    """The run lost node2's ranks at about `killed_at`, went on on node1 and took node2 back, and ended at its
+    last step with the same parameters on every rank. Returns the step node1 went on from."""
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "done" and result["step"] == steps, result
+    assert result["parameters_identical"] is True
+    worlds = [r for r in logged(out) if r.get("event") == "world"]
+    assert [w["size"] for w in worlds][:3] == [4, 2, 4], worlds
+    resumed = worlds[1]["step"]
+    assert killed_at - COMMIT_EVERY <= resumed <= killed_at + COMMIT_EVERY, (killed_at, worlds)  # steps lost
+    assert worlds[1]["nodes"] == {"node1": [0, 1]} and set(worlds[2]["nodes"]) == {"node1", "node2"}
+    changes = json.loads((out / "world.json").read_text())["changes"]
+    assert [c["size"] for c in changes][:3] == [4, 2, 4] and changes[1]["step"] == resumed
+    return resumed
+
+
 def test_node2_killed_node1_goes_on_and_node2_rejoins(two_nodes, digits, tmp_path):
     """Every hvdgan process on node2 SIGKILLed at step >= 60: node1's two ranks continue from the last commit
     (at most --commit-every steps back) without a restart of the job; node2, still listed, rejoins after the
@@ -110,15 +128,26 @@ def test_node2_killed_node1_goes_on_and_node2_rejoins(two_nodes, digits, tmp_pat
             proc.wait()
         text = log.read_text(errors="replace")
     assert proc.returncode == 0, text[-6000:]
-    result = json.loads((out / "result.json").read_text())
-    assert result["status"] == "done" and result["step"] == steps, result
-    assert result["parameters_identical"] is True
-    worlds = [r for r in logged(out) if r.get("event") == "world"]
-    assert [w["size"] for w in worlds][:3] == [4, 2, 4], worlds
-    resumed = worlds[1]["step"]
-    assert killed_at - COMMIT_EVERY <= resumed <= killed_at + COMMIT_EVERY, (killed_at, worlds)  # steps lost
-    assert worlds[1]["nodes"] == {"node1": [0, 1]} and set(worlds[2]["nodes"]) == {"node1", "node2"}
-    changes = json.loads((out / "world.json").read_text())["changes"]
-    assert [c["size"] for c in changes][:3] == [4, 2, 4] and changes[1]["step"] == resumed
+    resumed = check_lost_and_back(out, steps, killed_at)
     print(f"node2 killed at step ~{killed_at}: node1 went on from step {resumed} within {go_on_s:.1f}s; "
-          f"node2 back within {rejoin_s:.1f}s; {len(worlds)} worlds; done at step {steps}")
+          f"node2 back within {rejoin_s:.1f}s; done at step {steps}")
+
+
+def test_sbatch_elastic_one_rank_killed(two_nodes, digits, tmp_path):
+    """`HVDGAN_ELASTIC=1 sbatch --no-kill --nodes=2 slurm/train.sh`: hosts from the Slurm job; one rank on node2
+    SIGKILLed (not the whole node): Horovod leaves node2 out (both its ranks), node1 goes on, node2 comes back
+    after the cool-down, and the job completes."""
+    out, steps = tmp_path / "run", 300
+    env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="60", HVDGAN_ELASTIC_COOLDOWN="2 3",
+                  HVDGAN_ELASTIC="1", HVDGAN_MIN_NP="2")
+    env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8", HVDGAN_TRAIN_COMMIT_EVERY=str(COMMIT_EVERY))
+    jobid, log = submit(two_nodes, tmp_path, env, "--no-kill")
+    wait_for(lambda: running(two_nodes, jobid, log) and logged(out) and logged(out)[-1].get("step", 0) >= 60, 240,
+             "step 60")
+    killed_at = logged(out)[-1]["step"]
+    os.kill(ranks_of(out, "node2")[-1], signal.SIGKILL)
+    text = wait_done(two_nodes, jobid, log, timeout=300)
+    assert "--host-discovery-script" in text and "-m hvdgan.dist.discover --slurm" in text, text[-3000:]
+    resumed = check_lost_and_back(out, steps, killed_at)
+    print(f"sbatch elastic, one node2 rank killed at step ~{killed_at}: node1 went on from step {resumed}, "
+          f"node2 came back, the job completed")
