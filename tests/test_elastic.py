@@ -49,11 +49,13 @@ def test_discovery_from_hosts_and_a_hostfile_read_anew(tmp_path):
 def test_launch_elastic_composes_horovodruns_elastic_mode():
     cmd = compose(4, DEMO, ["--commit-every", "5"], hosts="node1:2,node2:2", iface="eth0", env={},
                   elastic=(2, None, None))
-    i = cmd.index("--host-discovery-script")
+    i = cmd.index("-H")  # (two or more fixed hosts: Horovod's own list, no discovery process every second)
     assert cmd[1:i] == ["-np", "4", "--min-np", "2", "--max-np", "4", "--gloo"], cmd
-    assert cmd[i + 1].endswith("-m hvdgan.dist.discover --hosts node1:2,node2:2")
-    assert cmd[i + 2:i + 6] == ["--network-interface", "eth0", "--blacklist-cooldown-range", "10"]
+    assert cmd[i:i + 6] == ["-H", "node1:2,node2:2", "--network-interface", "eth0", "--blacklist-cooldown-range", "10"]
     assert cmd[-3:] == ["--commit-every", "5", "--elastic"]
+    one = compose(2, DEMO, env={}, elastic=(1, None, None))
+    assert one[one.index("--host-discovery-script") + 1].endswith("-m hvdgan.dist.discover --hosts localhost:2")
+    assert "lo" == one[one.index("--network-interface") + 1]
     slurm = compose(4, DEMO, env={"SLURM_JOB_NODELIST": "node[1-2]"}, iface="eth0", elastic=(1, 8, None))
     assert slurm[slurm.index("--host-discovery-script") + 1].endswith("-m hvdgan.dist.discover --slurm")
     for args, words in (({"hosts": "node1:2,node2:2"}, "needs --iface"), ({"controller": "mpi"}, "no MPI"),
@@ -151,3 +153,42 @@ def test_sbatch_elastic_one_rank_killed(two_nodes, digits, tmp_path):
     resumed = check_lost_and_back(out, steps, killed_at)
     print(f"sbatch elastic, one node2 rank killed at step ~{killed_at}: node1 went on from step {resumed}, "
           f"node2 came back, the job completed")
+
+
+def test_one_host_a_rank_lost_ends_with_the_last_commit_and_75(digits, tmp_path):
+    """One host: Horovod leaves the whole host out when a rank dies, so no host is left and the driver ends
+    the job. The survivor has written the last commit first: `hvdgan launch` exits 75, and `--resume auto`
+    continues from that checkpoint to the end."""
+    out, steps = tmp_path / "run", 2000
+    train = ["--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8", "--batch-size", "16",
+             "--log-every", "5", "--threads", "1", "--no-tensorboard", "--sample-every", "100000",
+             "--checkpoint-every", "100000", "--max-steps", str(steps), "--commit-every", str(COMMIT_EVERY)]
+    env = dict(os.environ, HOROVOD_ELASTIC_TIMEOUT="30", HVDGAN_ELASTIC_COOLDOWN="2 3", OMP_NUM_THREADS="1")
+    log = tmp_path / "launch.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([HVDGAN, "launch", "--np", "2", "--elastic", DEMO, "--", *train], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: logged(out) and logged(out)[-1].get("step", 0) >= 30, 240, "step 30", proc)
+        t0 = time.monotonic()
+        os.kill(json.loads((out / "world.json").read_text())["ranks"][1]["pid"], signal.SIGKILL)
+        rc = proc.wait(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text(errors="replace")
+    assert rc == 75, text[-5000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "preempted" and result["reason"].startswith("elastic: a rank was lost"), result
+    step = result["step"]
+    assert step >= 30 and step % COMMIT_EVERY == 0 and Path(result["checkpoint"]).exists(), result
+    assert f"the run stopped at step {step}" in text and "exit status 75" in text, text[-3000:]
+    done = subprocess.run([HVDGAN, "train", "--job", DEMO, *train, "--resume", "auto"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {result['checkpoint']} at step {step}" in done.stderr
+    assert json.loads((out / "result.json").read_text())["step"] == steps
+    print(f"one host, a rank killed: exit 75 with the commit of step {step} {seconds:.1f}s after the kill; "
+          "--resume auto finished the run")

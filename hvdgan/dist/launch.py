@@ -107,14 +107,15 @@ class Launch:
     hostfile: str | None = None
     mca: tuple[str, ...] | None = None  # mpirun's KEY=VALUE settings (None: HVDGAN_MPIRUN_MCA or DEFAULT_MCA)
     iface: str | None = None  # network interface for rank traffic (None: the launcher's own choice)
-    discovery: str | None = None  # elastic: the host discovery command (hvdgan.dist.discover's, or a site's)
+    elastic: bool = False  # horovodrun's elastic mode
+    discovery: str | None = None  # elastic: the host discovery command (None: the fixed --hosts)
     min_np: int | None = None  # elastic: the fewest ranks the run goes on with
     max_np: int | None = None  # elastic: the most ranks
 
     def command(self, argv: list[str], env=os.environ) -> list[str]:
         if self.np < 1:
             raise ValueError(f"--np must be >= 1, got {self.np}")
-        if self.discovery:
+        if self.elastic:
             return self.elastic_command(argv, env)
         if self.launcher == "horovodrun":
             cmd = [_tool("horovodrun"), "-np", str(self.np)]
@@ -168,7 +169,8 @@ class Launch:
         if len(cooldown) != 2 or not all(c.isdigit() for c in cooldown) or int(cooldown[0]) > int(cooldown[1]):
             raise ValueError(f"HVDGAN_ELASTIC_COOLDOWN={' '.join(cooldown)!r}: not 'LOW HIGH' seconds (e.g. '10 120')")
         return [_tool("horovodrun"), "-np", str(self.np), "--min-np", str(lo), "--max-np", str(hi), "--gloo",
-                "--host-discovery-script", self.discovery, "--network-interface", self.iface or "lo",
+                *(["--host-discovery-script", self.discovery] if self.discovery else ["-H", self.hosts]),
+                "--network-interface", self.iface or "lo",
                 "--blacklist-cooldown-range", *cooldown, *argv]
 
 
@@ -233,19 +235,21 @@ def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controlle
         from . import discover
 
         min_np, max_np, script = elastic
-        if hosts:
-            discover.parse_hosts(hosts)  # (a bad list fails here, not in the driver's first discovery)
+        listed = discover.parse_hosts(hosts) if hosts else []  # (a bad list fails here, not in the driver)
         in_slurm = bool(env.get("SLURM_JOB_NODELIST"))
-        discovery = script or discover.command(slurm=in_slurm, hostfile=hostfile,
-                                               hosts=hosts or (None if in_slurm else f"localhost:{max_np or np}"))
+        if script or hostfile or in_slurm or len(listed) < 2:
+            # (Horovod takes a fixed list of two or more hosts itself, with no process started every second)
+            discovery = script or discover.command(slurm=in_slurm, hostfile=hostfile,
+                                                   hosts=hosts or (None if in_slurm else f"localhost:{max_np or np}"))
         if not iface and (script or hostfile or in_slurm or (hosts and _remote(hosts))):
             raise ValueError("--elastic on several hosts needs --iface NAME (or $HVDGAN_NET_IFACE): the network "
                              "interface the ranks reach each other through; Horovod's elastic start hangs without it")
-        hosts = hostfile = None
+        hostfile = None
+        hosts = None if discovery else hosts
         extra = [*extra, "--elastic"] if "--elastic" not in extra else list(extra)
     spec = Launch(np=np, launcher=launcher, controller=controller if launcher == "horovodrun" else None,
                   hosts=hosts, hostfile=hostfile, mca=tuple(mca) if mca else None, iface=iface,
-                  discovery=discovery, min_np=min_np, max_np=max_np)
+                  elastic=bool(elastic), discovery=discovery, min_np=min_np, max_np=max_np)
     return spec.command(train_argv(job, extra), env=env)
 
 
