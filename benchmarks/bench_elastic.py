@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 HVDGAN = Path(sys.executable).with_name("hvdgan")
 
 
-def one_run(data: Path, out: Path, steps: int, log_every: int, commit_every: int | None) -> float:
+def one_run(data: Path, out: Path, steps: int, log_every: int, commit_every: int | None, hosts: str | None) -> float:
     """The median images/s of the logged windows (the first two left out: warm-up)."""
     launch = [str(HVDGAN), "launch", "--np", "2"] + (["--elastic"] if commit_every else ["--gloo"])
+    if commit_every and hosts:
+        launch += ["--hosts", hosts]
     train = ["--data", str(data), "--out", str(out), "--max-steps", str(steps), "--log-every", str(log_every),
              "--sample-every", "1000000", "--checkpoint-every", "1000000", "--no-tensorboard", "--threads", "1"]
     if commit_every:
@@ -48,6 +50,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--commit-every", type=int, nargs="+", default=[20, 5])
+    parser.add_argument("--hosts", help="elastic runs' --hosts: two names of this host (e.g. localhost:1,127.0.0.1:1) "
+                        "make Horovod keep the list itself, with no discovery process every second")
     args = parser.parse_args()
     configs = [None, *args.commit_every]
     with tempfile.TemporaryDirectory(prefix="bench-elastic-") as tmp:
@@ -57,11 +61,12 @@ def main() -> None:
         for r in range(args.rounds):
             for c in configs:
                 out = Path(tmp) / f"run-{r}-{c}"
-                results[c].append(one_run(data, out, args.steps, args.log_every, c))
+                results[c].append(one_run(data, out, args.steps, args.log_every, c, args.hosts))
                 print(f"round {r + 1}: {'plain --gloo' if c is None else f'--elastic --commit-every {c}'}: "
                       f"{results[c][-1]:.0f} images/s", flush=True)
     base = statistics.median(results[None])
-    print(f"\n2 ranks, the demo job, {args.steps} steps, {args.rounds} round(s); median images/s and ratio to plain")
+    print(f"\n2 ranks, the demo job, {args.steps} steps, {args.rounds} round(s), elastic hosts "
+          f"{args.hosts or 'from the discovery script'}; median images/s and ratio to plain")
     print("| run | images/s | ratio |\n|---|---:|---:|")
     for c in configs:
         name = "hvdgan launch --gloo (plain)" if c is None else f"--elastic --commit-every {c}"

@@ -66,6 +66,25 @@ def test_launch_elastic_composes_horovodruns_elastic_mode():
         compose(4, DEMO, env={}, elastic=(1, 2, None))
 
 
+def test_the_next_worlds_trainer_takes_its_processs_lock_over(tmp_path):
+    """A trainer whose world ended without releasing the run's lock (its process goes on into the next world)
+    does not lock the next trainer out ("in use by another training ... pid <its own>"), and nothing else
+    gets the lock in between."""
+    from hvdgan.errors import HvdganError
+    from hvdgan.run.lock import RunLock
+
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(HvdganError, match="in use by another training"):
+        RunLock(tmp_path).acquire()  # (a plain second start in the same process is still refused)
+    second = RunLock(tmp_path).acquire(take_over=True)
+    first.release()  # (the old trainer's late release leaves the new one's lock alone)
+    other = subprocess.run([sys.executable, "-c", "import sys; from hvdgan.run.lock import RunLock; "
+                            "RunLock(sys.argv[1]).acquire()", str(tmp_path)], capture_output=True, text=True)
+    assert other.returncode != 0 and "in use by another training" in other.stderr
+    second.release()
+    RunLock(tmp_path).acquire().release()
+
+
 # ------------------------------------------------------------------------------------- the two nodes
 def ranks_of(out: Path, host: str) -> list[int]:
     world = json.loads((out / "world.json").read_text())
@@ -77,6 +96,12 @@ def logged(out: Path) -> list[dict]:
 
     return read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").exists() else []
 
+
+
+def start_on_node1(cluster, argv, env, log: Path) -> subprocess.Popen:
+    with open(log, "w") as sink:  # (a file: a pipe nobody reads would fill and block the launcher)
+        return subprocess.Popen(cluster.on("node1", argv), env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def check_lost_and_back(out: Path, steps: int, killed_at: int) -> int:
@@ -96,20 +121,18 @@ def check_lost_and_back(out: Path, steps: int, killed_at: int) -> int:
 
 
 def test_node2_killed_node1_goes_on_and_node2_rejoins(two_nodes, digits, tmp_path):
-    """Every hvdgan process on node2 SIGKILLed at step >= 60: node1's two ranks continue from the last commit
+    """Every hvdgan process on node2 SIGKILLed at step >= 30: node1's two ranks continue from the last commit
     (at most --commit-every steps back) without a restart of the job; node2, still listed, rejoins after the
     cool-down and gets the state; the run ends at its last step with identical parameters on all ranks."""
-    out, steps = tmp_path / "run", 300  # (~0.17 s a step here: node2 is back ~80 steps after the kill)
+    out, steps = tmp_path / "run", 200  # (~0.17 s a step here: node2 is back ~80 steps after node1 goes on)
     env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="60", HVDGAN_ELASTIC_COOLDOWN="2 3")
     env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8")
     argv = [HVDGAN, "launch", "--np", "4", "--min-np", "2", "--elastic", "--hosts", "node1:2,node2:2", "--iface", IFACE,
             DEMO, "--", "--commit-every", str(COMMIT_EVERY)]
     log = tmp_path / "launch.log"
-    with open(log, "w") as sink:  # (a file: a pipe nobody reads would fill and block the launcher)
-        proc = subprocess.Popen(two_nodes.on("node1", argv), env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    proc = start_on_node1(two_nodes, argv, env, log)
     try:
-        wait_for(lambda: len(logged(out)) and logged(out)[-1].get("step", 0) >= 60, 240, "step 60", proc)
+        wait_for(lambda: len(logged(out)) and logged(out)[-1].get("step", 0) >= 30, 240, "step 30", proc)
         node2 = ranks_of(out, "node2")
         assert len(node2) == 2
         killed_at = logged(out)[-1]["step"]
@@ -139,13 +162,13 @@ def test_sbatch_elastic_one_rank_killed(two_nodes, digits, tmp_path):
     """`HVDGAN_ELASTIC=1 sbatch --no-kill --nodes=2 slurm/train.sh`: hosts from the Slurm job; one rank on node2
     SIGKILLed (not the whole node): Horovod leaves node2 out (both its ranks), node1 goes on, node2 comes back
     after the cool-down, and the job completes."""
-    out, steps = tmp_path / "run", 300
+    out, steps = tmp_path / "run", 200
     env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="60", HVDGAN_ELASTIC_COOLDOWN="2 3",
                   HVDGAN_ELASTIC="1", HVDGAN_MIN_NP="2")
     env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8", HVDGAN_TRAIN_COMMIT_EVERY=str(COMMIT_EVERY))
     jobid, log = submit(two_nodes, tmp_path, env, "--no-kill")
-    wait_for(lambda: running(two_nodes, jobid, log) and logged(out) and logged(out)[-1].get("step", 0) >= 60, 240,
-             "step 60")
+    wait_for(lambda: running(two_nodes, jobid, log) and logged(out) and logged(out)[-1].get("step", 0) >= 30, 240,
+             "step 30")
     killed_at = logged(out)[-1]["step"]
     os.kill(ranks_of(out, "node2")[-1], signal.SIGKILL)
     text = wait_done(two_nodes, jobid, log, timeout=300)
@@ -159,7 +182,7 @@ def test_one_host_a_rank_lost_ends_with_the_last_commit_and_75(digits, tmp_path)
     """One host: Horovod leaves the whole host out when a rank dies, so no host is left and the driver ends
     the job. The survivor has written the last commit first: `hvdgan launch` exits 75, and `--resume auto`
     continues from that checkpoint to the end."""
-    out, steps = tmp_path / "run", 2000
+    out, steps = tmp_path / "run", 500
     train = ["--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8", "--batch-size", "16",
              "--log-every", "5", "--threads", "1", "--no-tensorboard", "--sample-every", "100000",
              "--checkpoint-every", "100000", "--max-steps", str(steps), "--commit-every", str(COMMIT_EVERY)]
@@ -192,3 +215,33 @@ def test_one_host_a_rank_lost_ends_with_the_last_commit_and_75(digits, tmp_path)
     assert json.loads((out / "result.json").read_text())["step"] == steps
     print(f"one host, a rank killed: exit 75 with the commit of step {step} {seconds:.1f}s after the kill; "
           "--resume auto finished the run")
+
+
+def test_hosts_removed_below_min_np_stops_with_the_last_commit(two_nodes, digits, tmp_path):
+    """hvd#3494 (a deadlock after a graceful removal below min_np): node2 taken out of the hostfile while
+    --min-np is 4. Every rank sees the change at one commit; the survivors write that commit as a checkpoint;
+    Horovod's driver gives up after HOROVOD_ELASTIC_TIMEOUT; `hvdgan launch` exits 75, no deadlock."""
+    out, steps, hostfile = tmp_path / "run", 2000, tmp_path / "hosts"
+    hostfile.write_text("node1 slots=2\nnode2 slots=2\n")
+    env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="10")
+    env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8")
+    argv = [HVDGAN, "launch", "--np", "4", "--min-np", "4", "--elastic", "--hostfile", hostfile, "--iface", IFACE,
+            DEMO, "--", "--commit-every", str(COMMIT_EVERY)]
+    proc = start_on_node1(two_nodes, argv, env, tmp_path / "launch.log")
+    try:
+        wait_for(lambda: logged(out) and logged(out)[-1].get("step", 0) >= 30, 240, "step 30", proc)
+        hostfile.write_text("node1 slots=2\n")
+        t0 = time.monotonic()
+        rc = proc.wait(timeout=120)
+        seconds = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = (tmp_path / "launch.log").read_text(errors="replace")
+    assert rc == 75, text[-5000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "preempted" and result["reason"] == "elastic: hosts were removed", result
+    assert Path(result["checkpoint"]).exists() and result["step"] % COMMIT_EVERY == 0, result
+    print(f"node2 removed below --min-np: exit 75 {seconds:.1f}s after the hostfile changed, checkpoint of the "
+          f"commit at step {result['step']}")

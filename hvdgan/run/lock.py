@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import HvdganError
 
 NAME = ".hvdgan.lock"
-_HELD: dict[Path, "RunLock"] = {}  # this process's locks: an elastic run's next Trainer takes its own over
+_HELD: dict[Path, "RunLock"] = {}  # this process's locks (an elastic run's next Trainer takes its own over)
 
 
 class RunLock:
@@ -25,10 +25,11 @@ class RunLock:
         self.path = Path(out) / NAME
         self.fd: int | None = None
 
-    def acquire(self) -> "RunLock":
-        """Take the lock, or fail with one line naming the holder (nothing is written then)."""
-        mine = _HELD.pop(self.path.resolve(), None)
-        if mine is not None and mine.fd is not None:  # (flock would refuse a second open file of this process)
+    def acquire(self, take_over: bool = False) -> "RunLock":
+        """Take the lock, or fail with one line naming the holder (nothing is written then). `take_over`: a
+        lock this process already holds passes to this object (an elastic run's next world)."""
+        mine = _HELD.get(self.path.resolve())
+        if take_over and mine is not None and mine.fd is not None:  # (flock refuses a second open file)
             self.fd, mine.fd = mine.fd, None
             _HELD[self.path.resolve()] = self
             return self

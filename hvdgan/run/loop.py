@@ -85,7 +85,7 @@ class Trainer:
 
             self.evaluator = for_training(cfg, world, evaluation_device(cfg.devices))
         # 5. the run directory, held by this run alone, and the checkpoint (or elastic commit) to continue from
-        self.lock = world.on_root(lambda: RunLock(self.out).acquire(), "hvdgan.lock")
+        self.lock = world.on_root(lambda: RunLock(self.out).acquire(take_over=commit is not None), "hvdgan.lock")
         self.checkpoints = Checkpointer(self.out, cfg.output.keep_checkpoints, world)
         self.commit = commit
         try:
