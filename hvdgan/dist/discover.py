@@ -69,11 +69,13 @@ def _lines(argv: list[str]) -> list[str]:
 
 
 def command(slurm: bool = False, hostfile: str | None = None, hosts: str | None = None) -> str:
-    """The shell command line horovodrun runs to discover hosts (one of the three sources)."""
+    """The shell command line horovodrun runs to discover hosts (one of the three sources). A fixed list is
+    printed by the shell itself: the driver runs the command every second, and a Python start each time
+    costs a 2-core node about a tenth of its training (docs/benchmarks.md, "Elastic")."""
     if hostfile:
         source = f"--hostfile {_q(os.path.abspath(hostfile))}"
     elif hosts:
-        source = f"--hosts {_q(hosts)}"
+        return "printf '%s\\n' " + " ".join(_q(f"{h}:{n}") for h, n in parse_hosts(hosts))
     else:
         source = "--slurm" if slurm else f"--hosts localhost:{os.cpu_count() or 1}"
     return f"{_q(sys.executable)} -m hvdgan.dist.discover {source}"
