@@ -49,7 +49,6 @@ class Commit(State):
         super().__init__(bcast_object=lambda obj: h.broadcast_object(obj, root_rank=0, name="hvdgan.elastic.hosts"),
                          get_rank=h.rank)
         self.snapshot: dict | None = None  # a checkpoint's content, on the CPU
-        self.worlds = 0  # the worlds this process has trained in
 
     def keep(self, payload: dict) -> None:
         self.snapshot = ckpt.to_cpu(payload, copy=True)
@@ -128,12 +127,12 @@ def train_elastic(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
         log.setLevel(logging.INFO if h.rank() == 0 else logging.WARNING)
         trainer = Trainer(cfg, actions, commit=commit)
         trainer.actions.append(CommitAction(trainer, commit))
-        commit.worlds += 1
         try:
             return trainer.run()
         except HorovodInternalError as exc:
             trainer.abandon()
-            write_last_commit(trainer, commit, f"a rank was lost ({str(exc).splitlines()[0][:200]})")
+            # (Horovod's message is the same for every cause; Gloo's own error is in its log line above)
+            write_last_commit(trainer, commit, "a rank was lost: a collective failed (HorovodInternalError)")
             raise
         except HostsUpdatedInterrupt as exc:
             trainer.abandon()
