@@ -155,8 +155,8 @@ class Trainer:
         nodes = topology.record_world(world.hvd, self.reader, self.state.epoch, self.out, self.state.step)
         if world.root:
             log.info("world: %d rank(s) on %s", world.size, topology.describe_nodes(nodes))
-            if self.commit is not None:  # an elastic run's membership, in its metrics too; a world that
-                (self.out / "result.json").unlink(missing_ok=True)  # re-formed leaves no "preempted" behind
+            if self.commit is not None:  # elastic: a re-formed world leaves no "preempted" result behind,
+                (self.out / "result.json").unlink(missing_ok=True)  # and metrics.jsonl records each world
                 self.runlog.write({"step": self.state.step, "event": "world", "size": world.size,
                                    "nodes": topology.nodes_of(nodes), "time": time.time()})
         for action in reversed(self.actions):  # (the first ones, progress and log, start their clocks last)
