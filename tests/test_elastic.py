@@ -179,29 +179,41 @@ def test_sbatch_elastic_one_rank_killed(two_nodes, digits, tmp_path):
           f"node2 came back, the job completed")
 
 
+def one_host_train_args(digits, out: Path, steps: int) -> list[str]:
+    return ["--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8", "--batch-size", "16",
+            "--log-every", "5", "--threads", "1", "--no-tensorboard", "--sample-every", "100000",
+            "--checkpoint-every", "100000", "--max-steps", str(steps), "--commit-every", str(COMMIT_EVERY)]
+
+
+def on_one_host(train: list[str], env: dict, out: Path, log: Path, after_step: int, act) -> tuple[int, float]:
+    """`hvdgan launch --np 2 --elastic` here; at step `after_step`, act(proc); returns (exit status, seconds
+    from act to the exit)."""
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([HVDGAN, "launch", "--np", "2", "--elastic", DEMO, "--", *train], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: logged(out) and logged(out)[-1].get("step", 0) >= after_step, 240, f"step {after_step}",
+                 proc)
+        t0 = time.monotonic()
+        act(proc)
+        rc = proc.wait(timeout=120)
+        return rc, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_one_host_a_rank_lost_ends_with_the_last_commit_and_75(digits, tmp_path):
     """One host: Horovod leaves the whole host out when a rank dies, so no host is left and the driver ends
     the job. The survivor has written the last commit first: `hvdgan launch` exits 75, and `--resume auto`
     continues from that checkpoint to the end."""
     out, steps = tmp_path / "run", 500
-    train = ["--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8", "--batch-size", "16",
-             "--log-every", "5", "--threads", "1", "--no-tensorboard", "--sample-every", "100000",
-             "--checkpoint-every", "100000", "--max-steps", str(steps), "--commit-every", str(COMMIT_EVERY)]
+    train = one_host_train_args(digits, out, steps)
     env = dict(os.environ, HOROVOD_ELASTIC_TIMEOUT="30", HVDGAN_ELASTIC_COOLDOWN="2 3", OMP_NUM_THREADS="1")
     log = tmp_path / "launch.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([HVDGAN, "launch", "--np", "2", "--elastic", DEMO, "--", *train], env=env,
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: logged(out) and logged(out)[-1].get("step", 0) >= 30, 240, "step 30", proc)
-        t0 = time.monotonic()
-        os.kill(json.loads((out / "world.json").read_text())["ranks"][1]["pid"], signal.SIGKILL)
-        rc = proc.wait(timeout=120)
-        seconds = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    rc, seconds = on_one_host(train, env, out, log, 30, lambda proc: os.kill(
+        json.loads((out / "world.json").read_text())["ranks"][1]["pid"], signal.SIGKILL))
     text = log.read_text(errors="replace")
     assert rc == 75, text[-5000:]
     result = json.loads((out / "result.json").read_text())
@@ -251,25 +263,10 @@ def test_hosts_removed_below_min_np_stops_with_the_last_commit(two_nodes, digits
 def test_a_stop_reaches_an_elastic_run_like_any_other(digits, tmp_path):
     """TERM to `hvdgan launch --elastic` (a scheduler's stop): every rank checkpoints the step in progress and
     exits 75; Horovod's driver takes the 75s for failures and ends the job; `hvdgan launch` exits 75."""
-    out = tmp_path / "run"
-    train = ["--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8", "--batch-size", "16",
-             "--log-every", "5", "--threads", "1", "--no-tensorboard", "--sample-every", "100000",
-             "--checkpoint-every", "100000", "--max-steps", "5000", "--commit-every", str(COMMIT_EVERY)]
+    out, log = tmp_path / "run", tmp_path / "launch.log"
     env = dict(os.environ, HOROVOD_ELASTIC_TIMEOUT="30", OMP_NUM_THREADS="1")
-    log = tmp_path / "launch.log"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([HVDGAN, "launch", "--np", "2", "--elastic", DEMO, "--", *train], env=env,
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for(lambda: logged(out) and logged(out)[-1].get("step", 0) >= 20, 240, "step 20", proc)
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=120)
-        seconds = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    rc, seconds = on_one_host(one_host_train_args(digits, out, 5000), env, out, log, 20,
+                              lambda proc: proc.send_signal(signal.SIGTERM))
     text = log.read_text(errors="replace")
     assert rc == 75, text[-5000:]
     result = json.loads((out / "result.json").read_text())
