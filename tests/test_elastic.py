@@ -219,7 +219,8 @@ def test_one_host_a_rank_lost_ends_with_the_last_commit_and_75(digits, tmp_path)
     result = json.loads((out / "result.json").read_text())
     assert result["status"] == "preempted" and result["reason"].startswith("elastic: a rank was lost"), result
     step = result["step"]
-    assert step >= 30 and step % COMMIT_EVERY == 0 and Path(result["checkpoint"]).exists(), result
+    # (the commit of step 30 runs after step 30's log line: the kill may come first)
+    assert step >= 30 - COMMIT_EVERY and step % COMMIT_EVERY == 0 and Path(result["checkpoint"]).exists(), result
     assert f"the run stopped at step {step}" in text and "exit status 75" in text, text[-3000:]
     done = subprocess.run([HVDGAN, "train", "--job", DEMO, *train, "--resume", "auto"], env=env, capture_output=True,
                           text=True, timeout=300)
