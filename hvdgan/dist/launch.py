@@ -241,7 +241,8 @@ def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controlle
             # (Horovod takes a fixed list of two or more hosts itself, with no process started every second)
             discovery = script or discover.command(slurm=in_slurm, hostfile=hostfile,
                                                    hosts=hosts or (None if in_slurm else f"localhost:{max_np or np}"))
-        if not iface and (script or hostfile or in_slurm or (hosts and _remote(hosts))):
+        remote = any(name not in ("localhost", "127.0.0.1") for name, _ in listed)
+        if not iface and (script or hostfile or in_slurm or remote):
             raise ValueError("--elastic on several hosts needs --iface NAME (or $HVDGAN_NET_IFACE): the network "
                              "interface the ranks reach each other through; Horovod's elastic start hangs without it")
         hostfile = None
@@ -251,10 +252,6 @@ def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controlle
                   hosts=hosts, hostfile=hostfile, mca=tuple(mca) if mca else None, iface=iface,
                   elastic=bool(elastic), discovery=discovery, min_np=min_np, max_np=max_np)
     return spec.command(train_argv(job, extra), env=env)
-
-
-def _remote(hosts: str) -> bool:
-    return any(h.split(":")[0] not in ("localhost", "127.0.0.1") for h in hosts.split(","))
 
 
 def quote(cmd: list[str]) -> str:

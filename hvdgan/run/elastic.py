@@ -129,7 +129,7 @@ def train_elastic(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
         trainer.actions.append(CommitAction(trainer, commit))
         try:
             return trainer.run()
-        except HorovodInternalError as exc:
+        except HorovodInternalError:
             trainer.abandon()
             # (Horovod's message is the same for every cause; Gloo's own error is in its log line above)
             write_last_commit(trainer, commit, "a rank was lost: a collective failed (HorovodInternalError)")
