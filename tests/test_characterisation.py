@@ -1,15 +1,17 @@
 """Characterisation: the training results of fixed-seed CPU runs, to the bit.
 
-Each case trains a small run and compares, against tests/data/characterisation.json, every logged
+Each case trains a small run and compares, against tests/data/characterisation-<CPU>.json, every logged
 statistic that does not depend on time (losses, D(x), D(G(z)), the 8x8 Frechet distance) and a digest
 of the final checkpoint's tensors (G, D, G's EMA, both optimizers) and data position. A change that
 moves any of them changed what hvdgan computes; a refactor must leave them as they are.
 
-The reference was recorded on this project's 2-core x86-64 machines. CPU kernels differ between
-instruction sets (AVX2, AVX-512), so where torch reports another CPU capability than the recorded one
-the digests are not compared and the statistics are compared to 1e-4 instead.
+CPU kernels differ between instruction sets (torch's CPU capability: AVX2, AVX512), and a GAN's steps
+amplify their rounding (0.2% in D's loss after 8 steps), so each capability has its own reference, all
+recorded on 70320e4 (the code before the refactor; AVX2's on an AMD EPYC, later than AVX512's). On a
+capability with no reference, the statistics are compared with AVX512's to 1e-2 and the digests not at all.
 
-Re-record (only for a change that is meant to change the numbers, said in its commit message):
+Re-record (only for a change that is meant to change the numbers, said in its commit message), on a
+machine of each capability:
 
     .venv/bin/python tests/test_characterisation.py --record
 """
@@ -28,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import ROOT, hvdgan, launch  # noqa: E402
 
-REFERENCE = ROOT / "tests" / "data" / "characterisation.json"
+REFERENCES = ROOT / "tests" / "data"
+FALLBACK = "AVX512"  # (the reference where this capability has none)
 OLD_CHECKPOINT = ROOT / "tests" / "data" / "ckpt-70320e4-step4.pt"  # written by hvdgan 70320e4
 STATS = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_after", "fd8")
 DEMO = ["--job", "jobs/digits-demo.yaml", "--max-steps", "16", "--log-every", "4", "--sample-every", "8",
@@ -109,9 +112,14 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+def reference_path(capability: str) -> Path:
+    return REFERENCES / f"characterisation-{capability}.json"
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    return json.loads(REFERENCE.read_text())
+    path = reference_path(cpu_capability())
+    return json.loads((path if path.exists() else reference_path(FALLBACK)).read_text())
 
 
 @pytest.mark.mp
@@ -124,13 +132,14 @@ def test_training_results_unchanged(name, reference, digits, tmp_path):
     if cpu_capability() == reference["cpu_capability"]:
         assert got["stats"] == want["stats"]
         assert got["digest"] == want["digest"], "the final checkpoint's tensors changed"
-    else:  # another instruction set: other rounding, the same computation
+    else:  # an instruction set with no reference: other rounding, the same computation
         for g, w in zip(got["stats"], want["stats"]):
-            assert g == pytest.approx(w, rel=1e-4, abs=1e-5), (g, w)
+            assert g == pytest.approx(w, rel=1e-2, abs=1e-4), (g, w)
 
 
-def test_resume_in_the_middle_is_the_straight_run(reference):
-    cases = reference["cases"]
+@pytest.mark.parametrize("path", sorted(REFERENCES.glob("characterisation-*.json")), ids=lambda p: p.stem)
+def test_resume_in_the_middle_is_the_straight_run(path):
+    cases = json.loads(path.read_text())["cases"]
     assert cases["demo-resumed-at-8"]["digest"] == cases["demo-np1"]["digest"]
     assert cases["demo-resumed-at-8"]["stats"] == cases["demo-np1"]["stats"]
 
@@ -151,8 +160,8 @@ def record() -> None:
     for name in CASES:
         cases[name] = run_case(name, data, work)
         print(name, cases[name]["checkpoint"], cases[name]["digest"][:16], flush=True)
-    REFERENCE.write_text(json.dumps({"cpu_capability": cpu_capability(), "torch": torch.__version__,
-                                     "cases": cases}, indent=1) + "\n")
+    reference = {"cpu_capability": cpu_capability(), "torch": torch.__version__, "cases": cases}
+    reference_path(cpu_capability()).write_text(json.dumps(reference, indent=1) + "\n")
     shutil.rmtree(work, ignore_errors=True)
 
 
