@@ -1,10 +1,10 @@
 """Elastic training (`hvdgan launch --elastic`, Horovod elastic over Gloo) on the real two-node cluster
 (tests/multinode_cluster.py), and the host discovery it runs.
 
-The run starts on node1:2 and node2:2. Every hvdgan process on node2 is SIGKILLed mid-run: node1's ranks go
-on from the last commit without a restart of the job, and node2, still listed by the discovery, comes back
-after the blacklist's cool-down and gets the state. The run reaches its last step with the same parameters
-on every rank.
+The run starts on node1:2 and node2:2. Every hvdgan process on node2 is SIGKILLed mid-run (or one is
+frozen, and its sentinel kills it): node1's ranks go on from the last commit without a restart of the job,
+and node2, still listed by the discovery, comes back after the blacklist's cool-down and gets the state.
+The run reaches its last step with the same parameters on every rank.
 """
 
 from __future__ import annotations
@@ -85,6 +85,37 @@ def test_the_next_worlds_trainer_takes_its_processs_lock_over(tmp_path):
     RunLock(tmp_path).acquire().release()
 
 
+def test_a_stopped_rank_is_killed_by_its_sentinel_and_a_continued_one_is_not(tmp_path):
+    """The sentinel of an elastic rank SIGKILLs it after HVDGAN_STOPPED_TIMEOUT seconds in state T, leaves a
+    rank stopped for less alone, and ends with its rank."""
+    code = ("import sys, time; from hvdgan.dist import watchdog; s = watchdog.start_sentinel(); "
+            "print(s.pid, flush=True); time.sleep(float(sys.argv[1]))")
+    env = dict(os.environ, HVDGAN_STOPPED_TIMEOUT="2")
+
+    def rank(seconds: float) -> tuple[subprocess.Popen, int]:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(seconds)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        return proc, int(proc.stdout.readline())
+
+    brief, brief_sentinel = rank(5)
+    brief.send_signal(signal.SIGSTOP)
+    time.sleep(1)
+    brief.send_signal(signal.SIGCONT)
+    stopped, _ = rank(60)
+    t0 = time.monotonic()
+    stopped.send_signal(signal.SIGSTOP)
+    assert stopped.wait(timeout=10) == -signal.SIGKILL
+    assert 2 <= time.monotonic() - t0 < 6
+    assert "has been stopped (SIGSTOP) for 2s: SIGKILL" in stopped.stderr.read()
+    assert brief.wait(timeout=10) == 0  # (stopped for 1 s only)
+    wait_for(lambda: not Path(f"/proc/{brief_sentinel}").exists() or
+             Path(f"/proc/{brief_sentinel}/stat").read_text().split(")")[-1].split()[0] == "Z", 5,
+             "the sentinel to end with its rank")
+    bad = subprocess.run([sys.executable, "-c", code, "0"], env=dict(env, HVDGAN_STOPPED_TIMEOUT="soon"),
+                         capture_output=True, text=True)
+    assert "HVDGAN_STOPPED_TIMEOUT='soon': not a number of seconds" in bad.stderr
+
+
 # ------------------------------------------------------------------------------------- the two nodes
 def ranks_of(out: Path, host: str) -> list[int]:
     world = json.loads((out / "world.json").read_text())
@@ -159,24 +190,29 @@ def test_node2_killed_node1_goes_on_and_node2_rejoins(two_nodes, digits, tmp_pat
           f"node2 back within {rejoin_s:.1f}s; done at step {steps}")
 
 
-def test_sbatch_elastic_one_rank_killed(two_nodes, digits, tmp_path):
+def test_sbatch_elastic_one_rank_frozen_then_killed(two_nodes, digits, tmp_path):
     """`HVDGAN_ELASTIC=1 sbatch --no-kill --nodes=2 slurm/train.sh`: hosts from the Slurm job; one rank on node2
-    SIGKILLed (not the whole node): Horovod leaves node2 out (both its ranks), node1 goes on, node2 comes back
-    after the cool-down, and the job completes."""
+    frozen (SIGSTOP): its sentinel SIGKILLs it after HVDGAN_STOPPED_TIMEOUT, which makes it one rank killed
+    (not the whole node): Horovod leaves node2 out (both its ranks), node1 goes on, node2 comes back after the
+    cool-down, and the job completes."""
     out, steps = tmp_path / "run", 200
     env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="60", HVDGAN_ELASTIC_COOLDOWN="2 3",
-                  HVDGAN_ELASTIC="1", HVDGAN_MIN_NP="2")
+                  HVDGAN_ELASTIC="1", HVDGAN_MIN_NP="2", HVDGAN_STOPPED_TIMEOUT="3")
     env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8", HVDGAN_TRAIN_COMMIT_EVERY=str(COMMIT_EVERY))
     jobid, log = submit(two_nodes, tmp_path, env, "--no-kill")
     wait_for(lambda: running(two_nodes, jobid, log) and logged(out) and logged(out)[-1].get("step", 0) >= 30, 240,
              "step 30")
     killed_at = logged(out)[-1]["step"]
-    os.kill(ranks_of(out, "node2")[-1], signal.SIGKILL)
+    t0 = time.monotonic()
+    os.kill(ranks_of(out, "node2")[-1], signal.SIGSTOP)
+    wait_for(lambda: any(r.get("event") == "world" and r["size"] == 2 for r in logged(out)), 120, "the 2-rank world")
+    go_on_s = time.monotonic() - t0
     text = wait_done(two_nodes, jobid, log, timeout=300)
     assert "--host-discovery-script" in text and "-m hvdgan.dist.discover --slurm" in text, text[-3000:]
+    assert "has been stopped (SIGSTOP) for 3s: SIGKILL" in text, text[-3000:]
     resumed = check_lost_and_back(out, steps, killed_at)
-    print(f"sbatch elastic, one node2 rank killed at step ~{killed_at}: node1 went on from step {resumed}, "
-          f"node2 came back, the job completed")
+    print(f"sbatch elastic, one node2 rank frozen at step ~{killed_at}: killed by its sentinel, node1 went on from "
+          f"step {resumed} {go_on_s:.1f}s after the SIGSTOP, node2 came back, the job completed")
 
 
 def one_host_train_args(digits, out: Path, steps: int) -> list[str]:

@@ -9,29 +9,48 @@ Horovod's wait), prints every thread's stack to stderr with "Timeout (h:mm:ss)!"
 the launcher (srun --kill-on-bad-exit, mpirun, horovodrun) then ends the other ranks. The timeout covers
 the longest step plus anything between two steps (sampling, a checkpoint, an epoch's reload): raise it for
 large models on slow file systems.
+
+In an elastic run the others must not end themselves: they go on without the hung rank. There, each rank
+also has a sentinel process (hvdgan/dist/sentinel.py) that SIGKILLs it after HVDGAN_STOPPED_TIMEOUT
+seconds stopped (default 30; 0: no sentinel), which Horovod then treats as a lost rank. A rank that hangs
+while running (not stopped) is still ended by this watchdog, on every rank, after HVDGAN_STALL_TIMEOUT.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 from ..errors import HvdganError
 
 ENV = "HVDGAN_STALL_TIMEOUT"
 DEFAULT_SECONDS = 300.0
+STOPPED_ENV = "HVDGAN_STOPPED_TIMEOUT"
+STOPPED_DEFAULT_SECONDS = 30.0
 
 
-def timeout() -> float:
-    raw = os.environ.get(ENV, "")
+def timeout(env: str = ENV, default: float = DEFAULT_SECONDS) -> float:
+    raw = os.environ.get(env, "")
     try:
-        value = float(raw) if raw.strip() else DEFAULT_SECONDS
+        value = float(raw) if raw.strip() else default
     except ValueError:
-        raise HvdganError(f"{ENV}={raw!r}: not a number of seconds (0 turns the watchdog off)") from None
-    if value < 0:
-        raise HvdganError(f"{ENV}={raw!r}: must be >= 0 seconds (0 turns the watchdog off)")
+        raise HvdganError(f"{env}={raw!r}: not a number of seconds (0 turns it off)") from None
+    if not value >= 0:  # (NaN too)
+        raise HvdganError(f"{env}={raw!r}: must be >= 0 seconds (0 turns it off)")
     return value
+
+
+def start_sentinel() -> subprocess.Popen | None:
+    """This rank's sentinel (elastic runs): it ends with the rank."""
+    seconds = timeout(STOPPED_ENV, STOPPED_DEFAULT_SECONDS)
+    if not seconds:
+        return None
+    script = Path(__file__).with_name("sentinel.py")
+    return subprocess.Popen([sys.executable, "-I", str(script), str(os.getpid()), str(seconds)],
+                            stdin=subprocess.DEVNULL)
 
 
 class Watchdog:

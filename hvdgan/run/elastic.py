@@ -120,6 +120,7 @@ def train_elastic(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
     init()
     h = hvd()
     commit = Commit(h)
+    sentinel = watchdog.start_sentinel()  # (a stopped rank is killed: Horovod then goes on without it)
 
     @h.elastic.run
     def attempt(commit: Commit) -> dict:
@@ -144,3 +145,6 @@ def train_elastic(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
         return attempt(commit)
     finally:
         watchdog.cancel()
+        if sentinel is not None:
+            sentinel.kill()
+            sentinel.wait()
