@@ -14,6 +14,7 @@ large models on slow file systems.
 from __future__ import annotations
 
 import faulthandler
+import math
 import os
 import sys
 
@@ -29,8 +30,8 @@ def timeout() -> float:
         value = float(raw) if raw.strip() else DEFAULT_SECONDS
     except ValueError:
         raise HvdganError(f"{ENV}={raw!r}: not a number of seconds (0 turns the watchdog off)") from None
-    if value < 0:
-        raise HvdganError(f"{ENV}={raw!r}: must be >= 0 seconds (0 turns the watchdog off)")
+    if not 0 <= value < math.inf:  # (NaN too)
+        raise HvdganError(f"{ENV}={raw!r}: must be a number of seconds >= 0 (0 turns the watchdog off)")
     return value
 
 
@@ -41,10 +42,20 @@ class Watchdog:
     def beat(self) -> None:
         """Progress: restart the count (a step completed)."""
         if self.seconds > 0:
-            faulthandler.dump_traceback_later(self.seconds, exit=True, file=sys.stderr)
+            faulthandler.dump_traceback_later(self.seconds, exit=True, file=_stderr())
 
     def stop(self) -> None:
         cancel()
+
+
+def _stderr():
+    """faulthandler writes to a file descriptor: a stderr without one (a notebook's, a test runner's) gives way
+    to the process's own."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):  # (io.UnsupportedOperation is both of the last two)
+        return sys.__stderr__
 
 
 def cancel() -> None:

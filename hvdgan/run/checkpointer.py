@@ -17,6 +17,7 @@ from ..dist.world import World
 from ..errors import HvdganError
 from . import checkpoint as ckpt
 from . import history
+from .runlog import read_records
 from .state import RunState
 
 log = logging.getLogger("hvdgan")
@@ -68,8 +69,9 @@ class Checkpointer:
             path = Path(resume)
             saved = ckpt.load(path)
         if saved is None:
-            if resume in ("none", "", None) and (ckpt.list_checkpoints(self.directory)
-                                                 or (self.out / "metrics.jsonl").exists()):
+            # (a start that failed before its first step left a log of step 0 at most: not an earlier run)
+            if resume in ("none", "", None) and (ckpt.list_checkpoints(self.directory) or any(
+                    isinstance(r, dict) and str(r.get("step", 0)) != "0" for r in read_records(self.out / "metrics.jsonl", warn=False))):
                 raise HvdganError(f"{self.out}: holds an earlier run; continue it with --resume auto, or choose "
                                   "another --out (nothing was overwritten)")
             return None

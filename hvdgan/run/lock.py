@@ -33,11 +33,15 @@ class RunLock:
             self.fd, mine.fd = mine.fd, None
             _HELD[self.path.resolve()] = self
             return self
+        out = self.path.parent
+        if out.exists() and not out.is_dir():
+            raise HvdganError(f"--out {out}: exists and is not a directory; choose another --out")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise HvdganError(f"{self.path}: cannot create the run's lock ({exc.strerror or exc})") from None
+        except OSError as exc:  # (a read-only parent, a symlink loop, a file on the way)
+            raise HvdganError(f"--out {out}: cannot create the run directory or its lock "
+                              f"({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             holder = self._holder(fd)

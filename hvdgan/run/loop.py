@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -212,9 +213,16 @@ class Trainer:
         return self.checkpoints.save(self.gan, self.state, self.cfg.to_dict(), self.arch, best=best)
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to sys.stderr as it is when a record comes, not as it was when the handler was made
+    (a program or test runner that swaps it between runs in one process would get a closed stream)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
 def setup_logging() -> None:
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("[hvdgan %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
         log.addHandler(handler)
         log.propagate = False
@@ -234,6 +242,8 @@ def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
         return trainer.run()
     finally:
         watchdog.cancel()  # (an error left the loop with the watchdog armed)
+        if trainer.lock is not None:  # (and with the run directory held: free it for a next run in this process)
+            trainer.lock.release()
 
 
 def write_result(out: Path, result: dict) -> None:
