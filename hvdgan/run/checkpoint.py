@@ -195,7 +195,11 @@ def check_architecture(path: Path, saved: dict, current: dict) -> None:
     """Refuse to resume into a network that differs from the one the checkpoint was written with."""
     for net in ("G", "D"):
         if saved.get(net) != current[net]:
-            diff = {k: (saved.get(net, {}).get(k), v) for k, v in current[net].items()
-                    if saved.get(net, {}).get(k) != v}
+            # every key of either side (a key only the checkpoint has is a difference too; DCGAN's record
+            # has no "model" key: hvdgan.models.zoo.architecture)
+            was = {"model": "dcgan", **(saved.get(net) if isinstance(saved.get(net), dict) else {})}
+            now = {"model": "dcgan", **current[net]}
+            diff = {k: (was.get(k), now.get(k)) for k in dict.fromkeys([*now, *was]) if was.get(k) != now.get(k)}
             what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise HvdganError(f"{path}: written for another {net} architecture ({what})")
+            raise HvdganError(f"{path}: written for another {net} architecture "
+                              f"({what or f'checkpoint {saved.get(net)!r} vs now {current[net]!r}'})")
