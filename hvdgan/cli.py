@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,21 +16,11 @@ if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
 import click  # noqa: E402
 
 from . import __version__
+from .cli_errors import Commands
 from .config import OPTIONS, build, load_job_file
+from .config.sources import unknown_variables
 from .dist.launch import LAUNCHERS
 from .errors import HvdganError
-
-
-class Commands(click.Group):
-    """An HvdganError (reading a job file, or running) becomes Click's one-line `Error: MESSAGE` (its exit status)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except HvdganError as exc:
-            failure = click.ClickException(exc.message)
-            failure.exit_code = exc.exit_code
-            raise failure from None
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HVDGAN"})
@@ -147,6 +138,8 @@ def _config(ctx, values: dict):
             return f"HVDGAN_{ctx.info_name.upper()}_{key.upper()}"
         return "--" + key.replace("_", "-")
 
+    for warning in unknown_variables(os.environ, f"{ctx.auto_envvar_prefix}_"):
+        click.echo(f"warning: {warning}", err=True)
     return build(values, where)
 
 
