@@ -157,6 +157,9 @@ def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise HvdganError(f"{path}: checkpoint not found")
+    why = _not_torch(path)
+    if why:
+        raise HvdganError(f"{path}: not a readable checkpoint: {why}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -168,6 +171,21 @@ def load(path: Path) -> dict:
     if not isinstance(state, dict) or "G" not in state or "arch" not in state:
         raise HvdganError(f"{path}: not an hvdgan checkpoint (no generator or architecture in it)")
     return state
+
+
+def _not_torch(path: Path) -> str | None:
+    """Why `path` cannot be what torch.save writes (a zip file; a pickle before torch 1.6), in words a user can
+    act on instead of the unpickler's; None when it may be."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if head.startswith(b"PK"):
+        return None if zipfile.is_zipfile(path) else "truncated (the zip file torch.save writes ends early)"
+    return None if head[:1] == b"\x80" else "not a file torch.save writes"
 
 
 def newest_readable(directory: Path) -> tuple[Path | None, dict | None]:
