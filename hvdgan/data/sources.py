@@ -251,6 +251,8 @@ def open_source(spec: str, size: int | None = None, channels: int | None = None)
     if spec == "digits":
         return DigitsSource(size, channels)
     p = Path(spec)
+    if p.is_symlink() and not p.exists():
+        raise HvdganError(f"{spec}: a symbolic link to nothing (or a loop of them)")
     if not p.exists():
         raise HvdganError(f"{spec}: no such file or folder; SOURCE is `digits`, cifar-10-python.tar.gz (or its "
                           "extracted folder), a folder of images, or a .npy/.npz file")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from . import actions as periodic
 from .actions import Action, Tick
 from .checkpoint import file_mode
 from .checkpointer import Checkpointer
+from ..logs import setup_logging
 from .lock import RunLock
 from .runlog import RunLog, plot_losses
 from .state import RunState
@@ -86,7 +86,7 @@ class Trainer:
 
             self.evaluator = for_training(cfg, world, evaluation_device(cfg.devices))
         # 5. the run directory, held by this run alone, and the checkpoint (or elastic commit) to continue from
-        self.lock = world.on_root(lambda: RunLock(self.out).acquire(take_over=commit is not None), "hvdgan.lock")
+        self.lock = world.on_root(lambda: claim(self.out, cfg.output.resume, commit), "hvdgan.lock")
         self.checkpoints = Checkpointer(self.out, cfg.output.keep_checkpoints, world)
         self.commit = commit
         try:
@@ -173,11 +173,13 @@ class Trainer:
             # (a stopped run leaves the plot to its end: it must be gone before Slurm's KILL)
             plot = (plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
                     if result["status"] == "done" else None)
-            result.update(step=self.state.step, out=str(self.out), checkpoint=str(self.checkpoints.last),
+            last = self.checkpoints.last
+            result.update(step=self.state.step, out=str(self.out), checkpoint=str(last) if last else None,
                           samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None)
             write_result(self.out, result)
-            log.info("%s at step %d: samples %s, loss plot %s, checkpoint %s", result["status"], self.state.step,
-                     result["samples"], result["plot"], result["checkpoint"])
+            made = {"samples": result["samples"], "loss plot": result["plot"], "checkpoint": last}
+            log.info("%s at step %d: %s", result["status"], self.state.step,  # (what is there: no "None")
+                     ", ".join(f"{what} {path}" for what, path in made.items() if path) or "nothing written")
             self.lock.release()
         if result["status"] == "preempted":  # hvd: no rank exits (75) before rank 0 has written everything,
             self.world.hvd.barrier()         # or srun --kill-on-bad-exit would kill it mid-write
@@ -213,20 +215,12 @@ class Trainer:
         return self.checkpoints.save(self.gan, self.state, self.cfg.to_dict(), self.arch, best=best)
 
 
-class _Stderr(logging.StreamHandler):
-    """A handler writing to sys.stderr as it is when a record comes, not as it was when the handler was made
-    (a program or test runner that swaps it between runs in one process would get a closed stream)."""
-
-    stream = property(lambda self: sys.stderr, lambda self, value: None)
-
-
-def setup_logging() -> None:
-    if not log.handlers:
-        handler = _Stderr()
-        handler.setFormatter(logging.Formatter("[hvdgan %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.INFO)
+def claim(out: Path, resume: str, commit) -> RunLock:
+    """Rank 0: the run directory's lock, once what is sure to stop the start has been ruled out (a --resume
+    file that is not there must not leave a new run directory behind)."""
+    if commit is None and resume not in ("none", "auto", "", None) and not Path(resume).is_file():
+        raise HvdganError(f"--resume {resume}: no such checkpoint file (--resume takes none, auto or a checkpoint)")
+    return RunLock(out).acquire(take_over=commit is not None)
 
 
 def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
