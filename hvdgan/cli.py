@@ -94,6 +94,8 @@ def data_check(directory, quiet):
     from . import data
 
     problems, m = data.check_dataset(directory, progress=not quiet)
+    if m is None:  # not a dataset at all: its one problem is the error
+        raise HvdganError(problems[0])
     for p in problems:
         click.echo(f"error: {p}", err=True)
     if problems:
@@ -234,12 +236,9 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
         raise click.BadParameter(exc.reason, param_hint="'--metrics'") from None
     result = evaluate_mod.run(target, real, data, num=num, real_num=real_num, metrics=names, inception=inception,
                               batch_size=batch_size, seed=seed, ema=not no_ema, device=device,
-                              use_cache=not no_cache)
+                              use_cache=not no_cache, out=out)
     if result is not None:
-        text = json.dumps(result, indent=2)
-        if out:
-            Path(out).write_text(text + "\n")
-        click.echo(text)
+        click.echo(json.dumps(result, indent=2))
 
 
 # ------------------------------------------------------------------------------------------ launch
