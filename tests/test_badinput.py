@@ -37,9 +37,13 @@ def cli(*args, env=None, cwd=None):
             signal.signal(sig, handler)
 
 
-def one_line(result, *words, code: int = 2) -> str:
-    """The result is a refusal: `code`, one line on stderr (`Error: ...`) holding every one of `words`."""
+def one_line(result, *words, code: int = 2, listing: bool = False) -> str:
+    """The result is a refusal: `code`, one line on stderr (`Error: ...`) holding every one of `words`.
+    `listing`: `data check` lists every problem it found first, one line each (`error: ...`)."""
     lines = result.stderr.strip().splitlines()
+    if listing:
+        assert lines[:-1] and all(line.startswith("error: ") for line in lines[:-1]), result.stderr
+        lines = lines[-1:]
     assert result.exit_code == code, (result.exit_code, result.output, result.exc_info)
     assert "Traceback" not in result.output and len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     for word in words:
@@ -48,13 +52,17 @@ def one_line(result, *words, code: int = 2) -> str:
 
 
 def digest(*roots: Path) -> str:
-    """The trees' paths, kinds, modes, sizes, mtimes and contents: equal before and after = nothing written."""
+    """The trees' paths, kinds, modes, sizes, mtimes and contents: equal before and after = nothing written.
+    A run directory's lock file is the one exception: every start that reaches it writes its name there."""
     h = hashlib.sha256()
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(dirnames + filenames):
                 p = Path(dirpath) / name
+                if name == ".hvdgan.lock":
+                    h.update(f"{p.relative_to(root)}\n".encode())
+                    continue
                 st = p.lstat()
                 h.update(f"{p.relative_to(root)} {st.st_mode} {st.st_size} {st.st_mtime_ns}\n".encode())
                 if p.is_file() and not p.is_symlink():
@@ -150,3 +158,216 @@ def test_launch_checks_hosts_and_slots_before_anything_starts(hosts, words):
                  cwd=Path(__file__).resolve().parents[1])
     one_line(result, *words)
     assert result.stdout == ""  # no command line printed: nothing would start
+
+
+# ------------------------------------------------------------------------------------------- the matrix
+@pytest.fixture(scope="module")
+def ws(digits, checkpoint, tmp_path_factory) -> Path:
+    """A working directory holding one of every kind of bad input (the table's paths are relative to it)."""
+    import h5py
+    import torch
+    from PIL import Image
+
+    w = tmp_path_factory.mktemp("ws")
+    shutil.copytree(digits, w / "data")
+    for name in ("missing", "truncated", "wrongdtype"):
+        shutil.copytree(digits, w / name)
+    (w / "missing" / "shard-00001-of-00004.h5").unlink()
+    shard = w / "truncated" / "shard-00001-of-00004.h5"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with h5py.File(w / "wrongdtype" / "shard-00001-of-00004.h5", "r+") as f:
+        images = f["images"][:].astype(np.float32)
+        del f["images"]
+        f["images"] = images
+    (w / "file.txt").write_text("a file\n")
+    (w / "empty").mkdir()
+    (w / "ro").mkdir(mode=0o555)
+    os.symlink("loop", w / "loop")
+    # sources of images
+    (w / "f32").mkdir()
+    Image.fromarray(np.ones((32, 32), np.float32)).save(w / "f32" / "f.tif")
+    (w / "badimg").mkdir()
+    (w / "badimg" / "bad.png").write_bytes(b"\x89PNG not really")
+    np.save(w / "float.npy", np.zeros((4, 32, 32, 3), np.float32))
+    np.save(w / "shape.npy", np.zeros((4, 5, 32, 32), np.uint8))
+    (w / "trunc.npy").write_bytes((w / "shape.npy").read_bytes()[:100])
+    # checkpoints, and the run that wrote the real one
+    shutil.copytree(checkpoint.parent.parent, w / "run")
+    shutil.copy(checkpoint, w / "ckpt.pt")
+    (w / "truncated.pt").write_bytes(checkpoint.read_bytes()[:5000])
+    (w / "garbage.pt").write_text("not a checkpoint\n")
+    torch.save({"weights": torch.zeros(3)}, w / "notckpt.pt")
+    # job files and host files
+    (w / "job.yaml").write_text("data: data\nout: out\n")
+    (w / "unknown.yaml").write_text("data: data\nbatch_sise: 8\n")
+    (w / "wrongtype.yaml").write_text("data: data\nbatch_size: eight\n")
+    (w / "badyaml.yaml").write_text("data: data\nbatch_size: [8\nout: x\n")
+    (w / "empty.yaml").write_text("")
+    (w / "list.yaml").write_text("- data\n- out\n")
+    (w / "hosts.bad").write_text("node1 slots=two\n")
+    (w / "hosts.empty").write_text("# nobody\n")
+    return w
+
+
+T = "train --data data --out out"  # (a good start: each row spoils one thing)
+S = "sample ckpt.pt --out s.png"
+E = "evaluate ckpt.pt --data data"
+L = "launch --dry-run --np 2"
+ROOT_READS = os.geteuid() == 0  # (root reads and writes whatever the permissions say)
+
+# command line, words the one line holds, [environment]; "LIST": `data check` lists every problem first
+MATRIX = [
+    # prepare: SOURCE (missing, a file, empty, a symlink loop, bad images and arrays), OUT, numbers, choices
+    ("prepare nowhere out", ["nowhere", "no such file or folder"]),
+    ("prepare file.txt out", ["file.txt", "unknown kind of source"]),
+    ("prepare empty out", ["empty", "no images found"]),
+    ("prepare loop out", ["loop", "symbolic link"]),
+    ("prepare f32 out", ["f.tif", "mode F"]),
+    ("prepare badimg out", ["bad.png", "cannot read the image"]),
+    ("prepare float.npy out", ["float.npy", "dtype float32"]),
+    ("prepare shape.npy out", ["shape.npy", "shape (4, 5, 32, 32)"]),
+    ("prepare trunc.npy out", ["trunc.npy", "not a readable .npy"]),
+    ("prepare digits file.txt", ["file.txt", "is a file"]),
+    ("prepare digits data", ["data", "already holds a dataset"]),
+    ("prepare digits ro/out", ["ro/out", "cannot create"], "ROOT"),
+    ("prepare digits out --shards 0", ["--shards", ">= 1"]),
+    ("prepare digits out --shards -3", ["--shards", ">= 1"]),
+    ("prepare digits out --shards 99999999999", ["--shards", "shards for 1797 images"]),
+    ("prepare digits out --shards nan", ["--shards", "not a valid integer"]),
+    ("prepare digits out --per-shard 0", ["--per-shard", ">= 1"]),
+    ("prepare digits out --shards 2 --per-shard 3", ["--shards and --per-shard"]),
+    ("prepare digits out --size 48", ["--size", "48x48"]),
+    ("prepare digits out --size -32", ["--size", "-32"]),
+    ("prepare digits out --channels 2", ["--channels", "'2'"]),
+    ("prepare digits out --compression zip", ["--compression", "'zip'"]),
+    ("prepare digits out --workers 0", ["--workers", ">= 1"]),
+    # data check: DIR missing, a file, empty, and data with one thing wrong
+    ("data check nowhere", ["nowhere", "no such dataset directory"]),
+    ("data check file.txt", ["file.txt"]),
+    ("data check empty", ["manifest.json", "not found"]),
+    ("data check truncated", ["truncated", "1 problem(s)"], "LIST"),
+    ("data check missing", ["missing", "1 problem(s)"], "LIST"),
+    ("data check wrongdtype", ["wrongdtype", "problem(s)"], "LIST"),
+    # train: --data, --out, numbers, choices, --resume, job files, variables
+    ("train --data nowhere --out out", ["nowhere", "no such dataset directory"]),
+    ("train --data file.txt --out out", ["file.txt"]),
+    ("train --data empty --out out", ["manifest.json", "not found"]),
+    ("train --data missing --out out", ["shard-00001-of-00004.h5", "missing"]),
+    ("train --data truncated --out out", ["shard-00001-of-00004.h5", "truncated"]),
+    ("train --data wrongdtype --out out", ["shard-00001-of-00004.h5", "bytes but manifest.json says"]),
+    ("train --data data --out file.txt", ["--out file.txt", "not a directory"]),
+    ("train --data data --out loop", ["--out loop", "symbolic link"]),
+    ("train --data data --out ro/out", ["--out ro/out", "cannot create"], "ROOT"),
+    ("train --data data --out run", ["run", "holds an earlier run"]),
+    (f"{T} --batch-size 0", ["--batch-size", "must be >= 1, got 0"]),
+    (f"{T} --batch-size -1", ["--batch-size", "must be >= 1, got -1"]),
+    (f"{T} --batch-size 99999999", ["fewer than one batch of 99999999"]),
+    (f"{T} --batch-size nan", ["--batch-size", "not a valid integer"]),
+    (f"{T} --lr-g nan", ["--lr-g", "got nan"]),
+    (f"{T} --lr-g inf", ["--lr-g", "finite, got inf"]),
+    (f"{T} --lr-g -1e-4", ["--lr-g", "must be > 0"]),
+    (f"{T} --lr-g fast", ["--lr-g", "not a valid float"]),
+    (f"{T} --beta1 1.5", ["--beta1", "[0, 1)"]),
+    (f"{T} --r1 inf", ["--r1", "finite"]),
+    (f"{T} --max-steps 0", ["--max-steps", "must be >= 1, got 0"]),
+    (f"{T} --epochs 0", ["--epochs 0", "no generator step"]),
+    (f"{T} --image-size 48", ["--image-size", "48"]),
+    (f"{T} --model resnt", ["--model", "'resnt'"]),
+    (f"{T} --loss hinj", ["--loss", "'hinj'"]),
+    (f"{T} --augment colour", ["--augment", "colour"]),
+    (f"{T} --placement G=gpu0,D=qpu", ["--placement", "qpu"]),
+    (f"{T} --resume nowhere.pt", ["--resume nowhere.pt", "no such checkpoint"]),
+    ("train --data data --out run --resume garbage.pt", ["garbage.pt", "not a file torch.save writes"]),
+    ("train --data data --out run --resume truncated.pt", ["truncated.pt", "truncated"]),
+    ("train --data data --out run --resume notckpt.pt", ["notckpt.pt", "not an hvdgan checkpoint"]),
+    ("train --data data --out run --resume auto --ngf 16", ["another G architecture", "ngf: checkpoint 8 vs now 16"]),
+    (f"{T} --eval-every 1 --eval-real-num 5000", ["--eval-real-num 5000", "1,797 images"]),
+    (f"{T} --eval-every 1 --inception nowhere.pt", ["nowhere.pt", "not found"]),
+    ("train --job nowhere.yaml", ["nowhere.yaml", "job file not found"]),
+    ("train --job empty", ["empty", "is a directory"]),
+    ("train --job loop", ["loop", "cannot read the job file"]),
+    ("train --job unknown.yaml", ["unknown.yaml", "batch_sise", "batch_size"]),
+    ("train --job wrongtype.yaml", ["wrongtype.yaml", "batch_size", "expected int, got 'eight'"]),
+    ("train --job badyaml.yaml", ["badyaml.yaml, line 3", "not valid YAML"]),
+    ("train --job empty.yaml", ["no dataset directory given"]),
+    ("train --job list.yaml", ["list.yaml", "a mapping"]),
+    ("train --out out", ["HVDGAN_TRAIN_BATCH_SIZE", "must be >= 1, got 0"],
+     {"HVDGAN_TRAIN_DATA": "data", "HVDGAN_TRAIN_BATCH_SIZE": "0"}),
+    ("train --out out", ["HVDGAN_TRAIN_BATCH_SIZE", "'abc' is not a valid integer"],
+     {"HVDGAN_TRAIN_DATA": "data", "HVDGAN_TRAIN_BATCH_SIZE": "abc"}),
+    ("train --out out", ["HVDGAN_TRAIN_MODEL", "'resnt'"], {"HVDGAN_TRAIN_DATA": "data", "HVDGAN_TRAIN_MODEL": "resnt"}),
+    ("train --out out", ["HVDGAN_TRAIN_TENSORBOARD", "maybe"],
+     {"HVDGAN_TRAIN_DATA": "data", "HVDGAN_TRAIN_TENSORBOARD": "maybe"}),
+    ("train --out out", ["nowhere.yaml", "not found"], {"HVDGAN_TRAIN_JOB": "nowhere.yaml"}),
+    # sample: CHECKPOINT (missing, a directory, garbage, truncated, not hvdgan's), --out, numbers
+    ("sample nowhere.pt", ["nowhere.pt", "checkpoint not found"]),
+    ("sample empty", ["empty", "is a directory"]),
+    ("sample garbage.pt --out s.png", ["garbage.pt", "not a file torch.save writes"]),
+    ("sample truncated.pt --out s.png", ["truncated.pt", "truncated"]),
+    ("sample notckpt.pt --out s.png", ["notckpt.pt", "not an hvdgan checkpoint"]),
+    ("sample ckpt.pt --out file.txt", ["file.txt", "exists"]),
+    ("sample ckpt.pt --out s.jpg", ["s.jpg", ".png"]),
+    ("sample ckpt.pt --out empty --overwrite", ["empty", "is a directory"]),
+    ("sample ckpt.pt --single --out file.txt", ["file.txt", "not a directory"]),
+    ("sample ckpt.pt --out loop", ["loop", "symbolic link"]),
+    ("sample ckpt.pt --out file.txt/s.png", ["file.txt/s.png", "cannot write"]),
+    ("sample ckpt.pt --out ro/s.png", ["ro/s.png", "cannot write"], "ROOT"),
+    (f"{S} -n 0", ["--num", "0"]),
+    (f"{S} -n 99999999", ["--num", "99999999"]),
+    (f"{S} -n many", ["--num", "not a valid integer"]),
+    (f"{S} --class 3", ["--class 3", "unconditional"]),
+    # evaluate: CHECKPOINT_OR_RUN_DIR, --real, --data, numbers, choices, --out, --inception
+    ("evaluate nowhere", ["nowhere", "no such checkpoint file or run directory"]),
+    ("evaluate empty", ["empty", "no ckpt-*.pt"]),
+    ("evaluate garbage.pt", ["garbage.pt", "not a file torch.save writes"]),
+    ("evaluate --real data", ["--real DIR_A --real DIR_B"]),
+    ("evaluate --real data --real nowhere", ["nowhere", "no such dataset directory"]),
+    ("evaluate ckpt.pt --data nowhere", ["nowhere", "no such dataset directory"]),
+    (f"{E} --metrics fdi", ["--metrics", "fdi"]),
+    (f"{E} -n 1", ["--num", "1"]),
+    (f"{E} --real-num 5000", ["--real-num 5000", "1,797 images"]),
+    (f"{E} --batch-size 0", ["--batch-size", "0"]),
+    (f"{E} --device gpu", ["--device", "'gpu'"]),
+    (f"{E} --out empty", ["empty", "is a directory"]),
+    (f"{E} --out nowhere/r.json", ["--out nowhere/r.json", "no directory"]),
+    (f"{E} --inception nowhere.pt", ["nowhere.pt", "not found"]),
+    # launch: --np, --hosts, --hostfile, --launcher, --mca, --min-np, JOB, the options for train
+    ("launch --dry-run --np 0 job.yaml", ["--np", "0"]),
+    ("launch --dry-run --np x job.yaml", ["--np", "not a valid integer"]),
+    ("launch --dry-run job.yaml", ["--np"]),
+    (f"{L} --hosts a:b:c job.yaml", ["--hosts", "'a:b:c' is not HOST:SLOTS"]),
+    (f"{L} --hosts localhost:0 job.yaml", ["--hosts", "'localhost:0' is not HOST:SLOTS"]),
+    ("launch --np 8 --hosts localhost:2 job.yaml", ["--np 8", "2 slots"]),
+    (f"{L} --hostfile nowhere job.yaml", ["--hostfile", "nowhere"]),
+    (f"{L} --hostfile hosts.bad job.yaml", ["hosts.bad, line 1", "slots=two"]),
+    (f"{L} --hostfile hosts.empty job.yaml", ["hosts.empty", "no hosts"]),
+    (f"{L} --launcher qsub job.yaml", ["--launcher", "'qsub'"]),
+    (f"{L} --launcher mpirun --mca pml job.yaml", ["--mca", "'pml' is not KEY=VALUE"]),
+    (f"{L} --elastic --min-np 0 job.yaml", ["--min-np", "0"]),
+    (f"{L} nowhere.yaml", ["nowhere.yaml", "job file not found"]),
+    (f"{L} badyaml.yaml", ["badyaml.yaml, line 3"]),
+    (f"{L} job.yaml -- --batch-size 0", ["--batch-size", "must be >= 1"]),
+    (f"{L} job.yaml -- --modle resnet", ["--modle"]),
+    # info and the command itself
+    ("info --placement G=gpu0,D=qpu", ["--placement", "qpu"]),
+    ("info --jsn", ["--jsn"]),
+    ("trian --data data", ["trian", "train"]),
+    ("--bogus", ["--bogus"]),
+]
+
+
+def _row(row):
+    argv, words, *rest = row
+    env = next((r for r in rest if isinstance(r, dict)), None)
+    marks = [pytest.mark.skipif(ROOT_READS, reason="root ignores permissions")] if "ROOT" in rest else []
+    return pytest.param(argv, words, env, "LIST" in rest, id=argv + (f" [{','.join(env)}]" if env else ""),
+                        marks=marks)
+
+
+@pytest.mark.parametrize("argv, words, env, listing", [_row(r) for r in MATRIX])
+def test_bad_input(ws, argv, words, env, listing):
+    import shlex
+
+    before = digest(ws)
+    one_line(cli(*shlex.split(argv), env=env, cwd=ws), *words, listing=listing)
+    assert digest(ws) == before, "something was written"
