@@ -160,6 +160,49 @@ def test_launch_checks_hosts_and_slots_before_anything_starts(hosts, words):
     assert result.stdout == ""  # no command line printed: nothing would start
 
 
+def test_another_architecture_names_what_differs_even_a_key_only_the_checkpoint_has():
+    from hvdgan.errors import HvdganError
+    from hvdgan.models.zoo import architecture, build_networks
+    from hvdgan.run.checkpoint import check_architecture
+
+    resnet = {name: architecture(net) for name, net in zip("GD", build_networks("resnet", 8, 8, 8, 1, 32, False, 0))}
+    dcgan = {name: architecture(net) for name, net in zip("GD", build_networks("dcgan", 8, 8, 8, 1, 32, False, 0))}
+    with pytest.raises(HvdganError, match=r"another G architecture \(model: checkpoint 'resnet' vs now 'dcgan'"):
+        check_architecture("ckpt.pt", resnet, dcgan)
+
+
+def test_job_files_take_floats_as_users_write_them(tmp_path):
+    from hvdgan.config import load_job_file
+
+    job = tmp_path / "job.yaml"
+    job.write_text("lr_g: 1e-4\nlr_d: 2E-4\nbeta2: .99\nr1: 1\nseed: 7\n")
+    assert load_job_file(job) == {"lr_g": 1e-4, "lr_d": 2e-4, "beta2": 0.99, "r1": 1.0, "seed": 7}
+
+
+def test_a_misspelt_variable_is_named_with_the_closest_one(tmp_path):
+    result = cli("train", "--data", tmp_path / "nowhere", env={"HVDGAN_TRAIN_BACTH_SIZE": "8"})
+    warning, error = result.stderr.strip().splitlines()
+    assert warning == ("warning: HVDGAN_TRAIN_BACTH_SIZE is not a variable of hvdgan (ignored); did you mean "
+                       "HVDGAN_TRAIN_BATCH_SIZE?")
+    assert result.exit_code == 2 and error.startswith("Error: ") and "nowhere" in error
+
+
+def test_evaluate_says_how_long_it_will_take(caplog):
+    """On 2 CPU cores `evaluate --num 1000` ran minutes without a word: after the first batch, the expected time."""
+    import logging
+    import time
+
+    from hvdgan.eval.features import Expected
+
+    expected = Expected(1000, "generated (rank 0's 1000 of 1000)", enabled=True)
+    expected.t0 = time.perf_counter() - 2.0  # (its first 10 images took 2 s)
+    with caplog.at_level(logging.INFO, logger="hvdgan"):
+        expected.update(10)
+        expected.update(10)  # (once)
+    assert [r.getMessage() for r in caplog.records] == ["generated (rank 0's 1000 of 1000): about 3 min 18 s more, "
+                                                        "at 5.0 images/s"]
+
+
 # ------------------------------------------------------------------------------------------- the matrix
 @pytest.fixture(scope="module")
 def ws(digits, checkpoint, tmp_path_factory) -> Path:
