@@ -66,6 +66,9 @@ def check_out(out: Path, single: bool, overwrite: bool) -> None:
     file, --single images go into a directory; nothing is replaced without --overwrite."""
     if out.is_symlink() and not out.exists():
         raise HvdganError(f"--out {out}: a symbolic link to nothing (or a loop of them)")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise HvdganError(f"--out {out}: {above} is a file, not a directory")
     if single:
         if out.exists() and not out.is_dir():
             raise HvdganError(f"--out {out}: exists and is not a directory (--single writes its images into one)")

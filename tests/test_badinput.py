@@ -187,6 +187,16 @@ def test_a_misspelt_variable_is_named_with_the_closest_one(tmp_path):
     assert result.exit_code == 2 and error.startswith("Error: ") and "nowhere" in error
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+def test_the_stall_timeout_variable_is_a_number_of_seconds(value, monkeypatch):
+    from hvdgan.dist import watchdog
+    from hvdgan.errors import HvdganError
+
+    monkeypatch.setenv("HVDGAN_STALL_TIMEOUT", value)
+    with pytest.raises(HvdganError, match=f"^HVDGAN_STALL_TIMEOUT='{value}': "):
+        watchdog.timeout()
+
+
 def test_evaluate_says_how_long_it_will_take(caplog):
     """On 2 CPU cores `evaluate --num 1000` ran minutes without a word: after the first batch, the expected time."""
     import logging
@@ -353,7 +363,7 @@ MATRIX = [
     ("sample ckpt.pt --out empty --overwrite", ["empty", "is a directory"]),
     ("sample ckpt.pt --single --out file.txt", ["file.txt", "not a directory"]),
     ("sample ckpt.pt --out loop", ["loop", "symbolic link"]),
-    ("sample ckpt.pt --out file.txt/s.png", ["file.txt/s.png", "cannot write"]),
+    ("sample ckpt.pt --out file.txt/s.png", ["file.txt/s.png", "file.txt is a file"]),
     ("sample ckpt.pt --out ro/s.png", ["ro/s.png", "cannot write"], "ROOT"),
     (f"{S} -n 0", ["--num", "0"]),
     (f"{S} -n 99999999", ["--num", "99999999"]),
@@ -373,6 +383,7 @@ MATRIX = [
     (f"{E} --device gpu", ["--device", "'gpu'"]),
     (f"{E} --out empty", ["empty", "is a directory"]),
     (f"{E} --out nowhere/r.json", ["--out nowhere/r.json", "no directory"]),
+    (f"{E} --out ro/r.json", ["--out ro/r.json", "not writable"], "ROOT"),
     (f"{E} --inception nowhere.pt", ["nowhere.pt", "not found"]),
     # launch: --np, --hosts, --hostfile, --launcher, --mca, --min-np, JOB, the options for train
     ("launch --dry-run --np 0 job.yaml", ["--np", "0"]),
