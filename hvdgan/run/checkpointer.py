@@ -69,9 +69,7 @@ class Checkpointer:
             path = Path(resume)
             saved = ckpt.load(path)
         if saved is None:
-            # (a start that failed before its first step left a log of step 0 at most: not an earlier run)
-            if resume in ("none", "", None) and (ckpt.list_checkpoints(self.directory) or any(
-                    isinstance(r, dict) and str(r.get("step", 0)) != "0" for r in read_records(self.out / "metrics.jsonl", warn=False))):
+            if resume in ("none", "", None) and (ckpt.list_checkpoints(self.directory) or trained(self.out)):
                 raise HvdganError(f"{self.out}: holds an earlier run; continue it with --resume auto, or choose "
                                   "another --out (nothing was overwritten)")
             return None
@@ -110,3 +108,10 @@ class Checkpointer:
         protect = [self.resumed_from] if self.resumed_from else []
         self.last = ckpt.save(payload, self.directory, state.step, self.keep, protect=protect)
         return self.last
+
+
+def trained(out: Path) -> bool:
+    """Whether OUT/metrics.jsonl records a step after 0: a start that failed before its first step logged
+    step 0 at most, and is no earlier run to refuse to overwrite."""
+    return any(isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] > 0
+               for r in read_records(out / "metrics.jsonl", warn=False))
