@@ -294,6 +294,7 @@ MATRIX = [
     ("prepare digits out --channels 2", ["--channels", "'2'"]),
     ("prepare digits out --compression zip", ["--compression", "'zip'"]),
     ("prepare digits out --workers 0", ["--workers", ">= 1"]),
+    ("prepare digits out --seed -1", ["--seed", "-1"]),
     # data check: DIR missing, a file, empty, and data with one thing wrong
     ("data check nowhere", ["nowhere", "no such dataset directory"]),
     ("data check file.txt", ["file.txt"]),
@@ -323,6 +324,7 @@ MATRIX = [
     (f"{T} --beta1 1.5", ["--beta1", "[0, 1)"]),
     (f"{T} --r1 inf", ["--r1", "finite"]),
     (f"{T} --max-steps 0", ["--max-steps", "must be >= 1, got 0"]),
+    (f"{T} --seed -5", ["--seed", "must be >= 0, got -5"]),
     (f"{T} --epochs 0", ["--epochs 0", "no generator step"]),
     (f"{T} --image-size 48", ["--image-size", "48"]),
     (f"{T} --model resnt", ["--model", "'resnt'"]),

@@ -133,7 +133,8 @@ class ScheduleOptions:
     batch_size: int = option(64, "Images per rank per step.", check=at_least(1))
     epochs: int = option(5, "Epochs to train (ignored when --max-steps is given).", check=at_least(0))
     max_steps: int | None = option(None, "Generator steps to train.", check=at_least(1))
-    seed: int = option(0, "Seed shared by all ranks (data order, initial weights); noise differs per rank.")
+    seed: int = option(0, "Seed shared by all ranks (data order, initial weights); noise differs per rank.",
+                       check=at_least(0))
 
 
 @dataclass(frozen=True)
