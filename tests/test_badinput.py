@@ -297,14 +297,14 @@ MATRIX = [
     ("prepare digits out --seed -1", ["--seed", "-1"]),
     # data check: DIR missing, a file, empty, and data with one thing wrong
     ("data check nowhere", ["nowhere", "no such dataset directory"]),
-    ("data check file.txt", ["file.txt"]),
+    ("data check file.txt", ["file.txt", "not a dataset directory"]),
     ("data check empty", ["manifest.json", "not found"]),
     ("data check truncated", ["truncated", "1 problem(s)"], "LIST"),
     ("data check missing", ["missing", "1 problem(s)"], "LIST"),
     ("data check wrongdtype", ["wrongdtype", "problem(s)"], "LIST"),
     # train: --data, --out, numbers, choices, --resume, job files, variables
     ("train --data nowhere --out out", ["nowhere", "no such dataset directory"]),
-    ("train --data file.txt --out out", ["file.txt"]),
+    ("train --data file.txt --out out", ["file.txt", "not a dataset directory"]),
     ("train --data empty --out out", ["manifest.json", "not found"]),
     ("train --data missing --out out", ["shard-00001-of-00004.h5", "missing"]),
     ("train --data truncated --out out", ["shard-00001-of-00004.h5", "truncated"]),
@@ -346,6 +346,7 @@ MATRIX = [
     ("train --job badyaml.yaml", ["badyaml.yaml, line 3", "not valid YAML"]),
     ("train --job empty.yaml", ["no dataset directory given"]),
     ("train --job list.yaml", ["list.yaml", "a mapping"]),
+    ("train --job ckpt.pt", ["ckpt.pt", "not a text file"]),
     ("train --out out", ["HVDGAN_TRAIN_BATCH_SIZE", "must be >= 1, got 0"],
      {"HVDGAN_TRAIN_DATA": "data", "HVDGAN_TRAIN_BATCH_SIZE": "0"}),
     ("train --out out", ["HVDGAN_TRAIN_BATCH_SIZE", "'abc' is not a valid integer"],
@@ -403,6 +404,8 @@ MATRIX = [
     (f"{L} --elastic --min-np 0 job.yaml", ["--min-np", "0"]),
     (f"{L} nowhere.yaml", ["nowhere.yaml", "job file not found"]),
     (f"{L} badyaml.yaml", ["badyaml.yaml, line 3"]),
+    (f"{L} --launcher mpirun job.yaml", ["HVDGAN_MPIRUN_MCA", "'pml' is not KEY=VALUE"], {"HVDGAN_MPIRUN_MCA": "pml"}),
+    ("prepare digits out", ["HVDGAN_PREPARE_SHARDS", "'abc' is not a valid integer"], {"HVDGAN_PREPARE_SHARDS": "abc"}),
     (f"{L} job.yaml -- --batch-size 0", ["--batch-size", "must be >= 1"]),
     (f"{L} job.yaml -- --modle resnet", ["--modle"]),
     # info and the command itself
