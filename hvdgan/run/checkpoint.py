@@ -155,11 +155,7 @@ def load(path: Path) -> dict:
     """Read a checkpoint with weights_only=True: tensors and plain Python values only, so a file that
     carries code (a pickled object with __reduce__) is refused and its code never runs."""
     path = Path(path)
-    if not path.is_file():
-        raise HvdganError(f"{path}: checkpoint not found")
-    why = _not_torch(path)
-    if why:
-        raise HvdganError(f"{path}: not a readable checkpoint: {why}")
+    check_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -171,6 +167,16 @@ def load(path: Path) -> dict:
     if not isinstance(state, dict) or "G" not in state or "arch" not in state:
         raise HvdganError(f"{path}: not an hvdgan checkpoint (no generator or architecture in it)")
     return state
+
+
+def check_file(path: Path) -> None:
+    """What can be told of a checkpoint without reading it (cheap): it is there, and it is a file torch.save
+    can have written, whole."""
+    if not Path(path).is_file():
+        raise HvdganError(f"{path}: checkpoint not found")
+    why = _not_torch(Path(path))
+    if why:
+        raise HvdganError(f"{path}: not a readable checkpoint: {why}")
 
 
 def _not_torch(path: Path) -> str | None:

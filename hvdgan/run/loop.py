@@ -31,7 +31,7 @@ from ..models.placement import describe, evaluation_device, place
 from ..models.zoo import architecture, build_networks
 from . import actions as periodic
 from .actions import Action, Tick
-from .checkpoint import file_mode
+from .checkpoint import check_file, file_mode
 from .checkpointer import Checkpointer
 from ..logs import setup_logging
 from .lock import RunLock
@@ -217,9 +217,12 @@ class Trainer:
 
 def claim(out: Path, resume: str, commit) -> RunLock:
     """Rank 0: the run directory's lock, once what is sure to stop the start has been ruled out (a --resume
-    file that is not there must not leave a new run directory behind)."""
-    if commit is None and resume not in ("none", "auto", "", None) and not Path(resume).is_file():
-        raise HvdganError(f"--resume {resume}: no such checkpoint file (--resume takes none, auto or a checkpoint)")
+    file that is not there, or not a checkpoint, must not leave a new run directory behind)."""
+    if commit is None and resume not in ("none", "auto", "", None):
+        if not Path(resume).is_file():
+            raise HvdganError(f"--resume {resume}: no such checkpoint file (--resume takes none, auto or a "
+                              "checkpoint)")
+        check_file(Path(resume))
     return RunLock(out).acquire(take_over=commit is not None)
 
 
