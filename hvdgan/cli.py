@@ -61,7 +61,8 @@ def info(as_json, placement):
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Processes writing shards (without a launcher; under mpirun/horovodrun every rank writes its own).")
 @click.option("--verify", is_flag=True, help="Re-read everything after writing (as `hvdgan data check`).")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the shuffle before sharding.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the shuffle before sharding.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the source's order (shard 0 holds the first images).")
 def prepare(source, out, shards, per_shard, size, channels, compression, overwrite, workers, verify, seed, no_shuffle):
     """Write SOURCE as a sharded HDF5 dataset in OUT.

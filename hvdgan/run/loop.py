@@ -26,6 +26,7 @@ from ..dist import stop, topology, watchdog
 from ..dist.world import World
 from ..errors import HvdganError
 from ..gan import GAN, first_device
+from ..logs import setup_logging
 from ..models import check_images
 from ..models.placement import describe, evaluation_device, place
 from ..models.zoo import architecture, build_networks
@@ -33,7 +34,6 @@ from . import actions as periodic
 from .actions import Action, Tick
 from .checkpoint import check_file, file_mode
 from .checkpointer import Checkpointer
-from ..logs import setup_logging
 from .lock import RunLock
 from .runlog import RunLog, plot_losses
 from .state import RunState
