@@ -96,12 +96,19 @@ def test_16_bit_and_odd_image_modes_are_converted_or_refused(tmp_path):
     Image.fromarray(rgba).save(folder / "b.png")
     Image.fromarray(rgba).convert("LA").save(folder / "c.png")
     Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(folder / "d.jpg")  # red
+    palette = Image.fromarray((np.arange(32)[:, None] >= 16).repeat(32, 1).astype(np.uint8))  # 0 above, 1 below
+    palette = palette.convert("P")
+    palette.putpalette([255, 0, 0, 0, 0, 0])
+    palette.save(folder / "e.png", transparency=1)  # red above, a transparent (black) colour below
+    Image.fromarray(grey.astype(np.int32)).save(folder / "f.tif")  # mode I: 32-bit integers, 16-bit values
     result = cli("prepare", folder, tmp_path / "d", "--no-shuffle", "--channels", "1")
     assert result.exit_code == 0, result.output
     images, _ = read_all(tmp_path / "d")
     assert np.abs(images[0, 0].astype(int) - np.round(grey / 257)).max() <= 1  # scaled, not clipped
     assert images[1, 0, 0, 0] == 76 and images[1, 0, -1, 0] == 255  # red's luma; transparent: white
     assert images[2, 0, -1, 0] == 255 and abs(int(images[3, 0, 0, 0]) - 76) <= 3
+    assert Image.open(folder / "e.png").mode == "P" and (images[4, 0, 0, 0], images[4, 0, -1, 0]) == (76, 255)
+    assert Image.open(folder / "f.tif").mode == "I" and np.array_equal(images[5], images[0])
     floats = tmp_path / "float"
     floats.mkdir()
     Image.fromarray(np.ones((32, 32), np.float32)).save(floats / "f.tif")
