@@ -186,6 +186,16 @@ def test_job_files_take_floats_as_users_write_them(tmp_path):
     assert load_job_file(job) == {"lr_g": 1e-4, "lr_d": 2e-4, "beta2": 0.99, "r1": 1.0, "seed": 7}
 
 
+def test_a_misspelt_job_key_is_named_with_the_closest_ones(tmp_path):
+    from hvdgan.config import load_job_file
+    from hvdgan.errors import HvdganError
+
+    job = tmp_path / "job.yaml"
+    job.write_text("lrg: 1e-4\n")  # (no option starts with "lrg": the hint was missing)
+    with pytest.raises(HvdganError, match=r"job.yaml: unknown key 'lrg' \(did you mean lr_g\?\)$"):
+        load_job_file(job)
+
+
 def test_a_misspelt_variable_is_named_with_the_closest_one(tmp_path):
     result = cli("train", "--data", tmp_path / "nowhere", env={"HVDGAN_TRAIN_BACTH_SIZE": "8"})
     warning, error = result.stderr.strip().splitlines()

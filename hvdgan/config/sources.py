@@ -55,7 +55,8 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         spec = OPTIONS.get(name)
         if spec is None or (section and spec.section != section):
-            close = [f for f in OPTIONS if f.startswith(name[:3])]
+            close = list(dict.fromkeys([*difflib.get_close_matches(name, OPTIONS, n=3),  # (lrg: lr_g)
+                                        *(f for f in OPTIONS if f.startswith(name[:3]))]))
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise HvdganError(f"{path}: unknown key {f'{section}.' if section else ''}{key!r}{hint}")
         values[name] = _check_type(path, key, spec, value)
