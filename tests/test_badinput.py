@@ -230,6 +230,16 @@ def test_evaluate_says_how_long_it_will_take(caplog):
                                                         "at 5.0 images/s"]
 
 
+def test_the_console_script_says_it_the_same_way(tmp_path):
+    """The table runs in this process; the installed `hvdgan` gives the same one line and status."""
+    from conftest import ROOT, hvdgan
+
+    proc = hvdgan("launch", "--np", "8", "--hosts", "localhost:2", "jobs/digits-demo.yaml", cwd=ROOT, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        2, "", "Error: --np 8: more ranks than the 2 slots of --hosts localhost:2 (give --np 2 or fewer, or more "
+               "hosts or slots)\n")
+
+
 # ------------------------------------------------------------------------------------------- the matrix
 @pytest.fixture(scope="module")
 def ws(digits, checkpoint, tmp_path_factory) -> Path:
