@@ -50,17 +50,19 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class Expected:
-    """One log line, after the first batch of a long extraction, with the time it will take (the bar shows on
-    a terminal only; on 2 CPU cores 10,000 images take minutes, and a batch job's log gets this line)."""
+    """One log line, 5 s into a long extraction, with the time the rest will take (the bar shows on a terminal
+    only; on 2 CPU cores 10,000 images take minutes, and a batch job's log gets this line). Not after the
+    first batch: TorchScript optimises the network on its first calls, which are not the pace of the rest."""
 
     def __init__(self, total: int, what: str, enabled: bool):
         self.total, self.what, self.enabled, self.done, self.t0 = total, what, enabled, 0, time.perf_counter()
 
     def update(self, n: int) -> None:
         self.done += n
-        if self.enabled and self.done < self.total:
+        elapsed = time.perf_counter() - self.t0
+        if self.enabled and self.done < self.total and elapsed >= 5:
             self.enabled = False
-            rate = self.done / max(time.perf_counter() - self.t0, 1e-9)
+            rate = self.done / elapsed
             left = (self.total - self.done) / rate
             if left >= 20:
                 log.info("%s: about %d min %02d s more, at %.1f images/s", self.what, left // 60, left % 60, rate)
