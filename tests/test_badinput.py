@@ -475,7 +475,8 @@ MATRIX = [
 def _row(row):
     argv, words, *rest = row
     env = next((r for r in rest if isinstance(r, dict)), None)
-    marks = [pytest.mark.skipif(PERMISSIONS_IGNORED, reason="permissions are not enforced here (root)")] if "ROOT" in rest else []
+    skip = pytest.mark.skipif(PERMISSIONS_IGNORED, reason="permissions are not enforced here (root)")
+    marks = [skip] if "ROOT" in rest else []
     return pytest.param(argv, words, env, "LIST" in rest, id=argv + (f" [{','.join(env)}]" if env else ""),
                         marks=marks)
 
