@@ -269,6 +269,10 @@ def ws(digits, checkpoint, tmp_path_factory) -> Path:
     Image.fromarray(np.ones((32, 32), np.float32)).save(w / "f32" / "f.tif")
     (w / "badimg").mkdir()
     (w / "badimg" / "bad.png").write_bytes(b"\x89PNG not really")
+    (w / "badlater").mkdir()  # (the first image is good: the bad one is met half-way through the writing)
+    for i in range(8):
+        Image.new("L", (32, 32), 10 * i).save(w / "badlater" / f"{i}.png")
+    shutil.copy(w / "badimg" / "bad.png", w / "badlater" / "7.png")
     np.save(w / "float.npy", np.zeros((4, 32, 32, 3), np.float32))
     np.save(w / "shape.npy", np.zeros((4, 5, 32, 32), np.uint8))
     (w / "trunc.npy").write_bytes((w / "shape.npy").read_bytes()[:100])
@@ -330,6 +334,7 @@ MATRIX = [
     ("prepare loop out", ["loop", "symbolic link"]),
     ("prepare f32 out", ["f.tif", "mode F"]),
     ("prepare badimg out", ["bad.png", "cannot read the image"]),
+    ("prepare badlater out --shards 4 --no-shuffle", ["7.png", "cannot read the image"]),
     ("prepare float.npy out", ["float.npy", "dtype float32"]),
     ("prepare shape.npy out", ["shape.npy", "shape (4, 5, 32, 32)"]),
     ("prepare trunc.npy out", ["trunc.npy", "not a readable .npy"]),
