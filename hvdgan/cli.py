@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,21 +16,11 @@ if next((a for a in sys.argv[1:] if not a.startswith("-")), None) == "train":
 import click  # noqa: E402
 
 from . import __version__
+from .cli_errors import Commands
 from .config import OPTIONS, build, load_job_file
+from .config.sources import unknown_variables
 from .dist.launch import LAUNCHERS
 from .errors import HvdganError
-
-
-class Commands(click.Group):
-    """An HvdganError (reading a job file, or running) becomes Click's one-line `Error: MESSAGE` (its exit status)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except HvdganError as exc:
-            failure = click.ClickException(exc.message)
-            failure.exit_code = exc.exit_code
-            raise failure from None
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "HVDGAN"})
@@ -70,7 +61,8 @@ def info(as_json, placement):
 @click.option("--workers", type=int, default=1, show_default=True,
               help="Processes writing shards (without a launcher; under mpirun/horovodrun every rank writes its own).")
 @click.option("--verify", is_flag=True, help="Re-read everything after writing (as `hvdgan data check`).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle before sharding.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the shuffle before sharding.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the source's order (shard 0 holds the first images).")
 def prepare(source, out, shards, per_shard, size, channels, compression, overwrite, workers, verify, seed, no_shuffle):
     """Write SOURCE as a sharded HDF5 dataset in OUT.
@@ -103,6 +95,8 @@ def data_check(directory, quiet):
     from . import data
 
     problems, m = data.check_dataset(directory, progress=not quiet)
+    if m is None:  # not a dataset at all: its one problem is the error
+        raise HvdganError(problems[0])
     for p in problems:
         click.echo(f"error: {p}", err=True)
     if problems:
@@ -147,6 +141,8 @@ def _config(ctx, values: dict):
             return f"HVDGAN_{ctx.info_name.upper()}_{key.upper()}"
         return "--" + key.replace("_", "-")
 
+    for warning in unknown_variables(os.environ, f"{ctx.auto_envvar_prefix}_"):
+        click.echo(f"warning: {warning}", err=True)
     return build(values, where)
 
 
@@ -241,12 +237,9 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
         raise click.BadParameter(exc.reason, param_hint="'--metrics'") from None
     result = evaluate_mod.run(target, real, data, num=num, real_num=real_num, metrics=names, inception=inception,
                               batch_size=batch_size, seed=seed, ema=not no_ema, device=device,
-                              use_cache=not no_cache)
+                              use_cache=not no_cache, out=out)
     if result is not None:
-        text = json.dumps(result, indent=2)
-        if out:
-            Path(out).write_text(text + "\n")
-        click.echo(text)
+        click.echo(json.dumps(result, indent=2))
 
 
 # ------------------------------------------------------------------------------------------ launch

@@ -35,6 +35,7 @@ def prepare(source: str, out: str, shards: int | None = None, per_shard: int | N
             raise HvdganError(f"{out}: --verify found {len(problems)} problem(s): {problems[0]}")
         checked = " Verified: every shard re-read, sizes, sha256 and structure match the manifest."
     _, _, size_ = distributed.launcher_world()
+    workers = min(workers, len(m.shards))  # (no more processes than shards are started)
     writers = f"{size_} ranks" if size_ > 1 else f"{workers} process{'es' if workers > 1 else ''}"
     labels = f"{len(m.labels)} classes" if m.labels else "no labels"
     return (f"Wrote {m.count:,} images ({m.height}x{m.width}, {m.channels} channel{'s' if m.channels > 1 else ''}, "

@@ -28,13 +28,7 @@ def sample_checkpoint(path, out, num: int = 64, single: bool = False, seed: int 
     """A grid (8 x 8 for 64; one row per class for a conditional G without --class) or single images;
     `class_`: every image of that class (conditional checkpoints only)."""
     out = Path(out)
-    if single:
-        if out.exists() and any(out.iterdir()) and not overwrite:
-            raise HvdganError(f"{out}: directory exists and is not empty (use --overwrite)")
-    elif out.exists() and not overwrite:
-        raise HvdganError(f"{out}: exists (use --overwrite, or another --out)")
-    if not single and out.suffix.lower() != ".png":
-        raise HvdganError(f"--out {out}: a grid is written as PNG: give a .png path (or --single DIR)")
+    check_out(out, single, overwrite)
     G = load_generator(path, ema)
     classes, nrow = num_classes(G), max(1, int(num ** 0.5))
     if class_ is not None and not classes:
@@ -53,12 +47,38 @@ def sample_checkpoint(path, out, num: int = 64, single: bool = False, seed: int 
         images = torch.cat([G(torch.randn(min(256, num - i), G.nz, 1, 1, generator=gen),
                               *(() if labels is None else (labels[i:i + 256],)))
                             for i in range(0, num, 256)])
-    if not single:
-        save_grid(images, out, nrow=nrow)
-        return out
-    out.mkdir(parents=True, exist_ok=True)
-    from torchvision.utils import save_image
+    try:
+        if not single:
+            save_grid(images, out, nrow=nrow)
+            return out
+        out.mkdir(parents=True, exist_ok=True)
+        from torchvision.utils import save_image
 
-    for i, img in enumerate(images):
-        save_image(img, out / f"sample-{i:05d}.png", normalize=True, value_range=(-1, 1))
+        for i, img in enumerate(images):
+            save_image(img, out / f"sample-{i:05d}.png", normalize=True, value_range=(-1, 1))
+    except OSError as exc:  # (a full disk, a directory made read-only since the check)
+        raise HvdganError(f"--out {out}: cannot write the images ({exc.strerror or exc})") from None
     return out
+
+
+def check_out(out: Path, single: bool, overwrite: bool) -> None:
+    """Refuse an --out that cannot take what `sample` writes, before the checkpoint is read: a grid is one PNG
+    file, --single images go into a directory; nothing is replaced without --overwrite."""
+    if out.is_symlink() and not out.exists():
+        raise HvdganError(f"--out {out}: a symbolic link to nothing (or a loop of them)")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise HvdganError(f"--out {out}: {above} is a file, not a directory")
+    if single:
+        if out.exists() and not out.is_dir():
+            raise HvdganError(f"--out {out}: exists and is not a directory (--single writes its images into one)")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise HvdganError(f"--out {out}: directory exists and is not empty (use --overwrite)")
+        return
+    if out.is_dir():
+        raise HvdganError(f"--out {out}: is a directory; a grid is one PNG file (give a .png path, or --single "
+                          "for one file an image)")
+    if out.exists() and not overwrite:
+        raise HvdganError(f"--out {out}: exists (use --overwrite, or another --out)")
+    if out.suffix.lower() != ".png":
+        raise HvdganError(f"--out {out}: a grid is written as PNG: give a .png path (or --single DIR)")

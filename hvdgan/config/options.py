@@ -7,6 +7,7 @@ name them flat (`lr_g`, `--lr-g`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,7 +24,11 @@ def option(default: Any, help: str, *, choices: tuple | None = None, check: Chec
 
 
 def at_least(n: float) -> Check:
-    return lambda v: None if v is None or v >= n else f"must be >= {n}, got {v}"
+    def check(v):
+        if v is None or n <= v < math.inf:  # (NaN fails both comparisons)
+            return None
+        return f"must be >= {n}{' and finite' if v == math.inf else ''}, got {v}"
+    return check
 
 
 def in_unit_interval(v: float) -> str | None:
@@ -31,7 +36,7 @@ def in_unit_interval(v: float) -> str | None:
 
 
 def positive(v: float) -> str | None:
-    return None if v > 0 else f"must be > 0, got {v}"
+    return None if 0 < v < math.inf else f"must be > 0 and finite, got {v}"
 
 
 def parses(parse: Callable[[str], Any]) -> Check:
@@ -127,8 +132,9 @@ class ScheduleOptions:
 
     batch_size: int = option(64, "Images per rank per step.", check=at_least(1))
     epochs: int = option(5, "Epochs to train (ignored when --max-steps is given).", check=at_least(0))
-    max_steps: int | None = option(None, "Generator steps to train.", check=at_least(0))
-    seed: int = option(0, "Seed shared by all ranks (data order, initial weights); noise differs per rank.")
+    max_steps: int | None = option(None, "Generator steps to train.", check=at_least(1))
+    seed: int = option(0, "Seed shared by all ranks (data order, initial weights); noise differs per rank.",
+                       check=at_least(0))
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,9 @@ def resolve(options: TrainConfig, world: World, data: DataFacts) -> Resolved:
     schedule = options.schedule
     total = (schedule.max_steps if schedule.max_steps is not None
              else schedule.epochs * data.batches_per_epoch // optim.d_steps)
+    if total < 1:
+        raise HvdganError(f"--epochs {schedule.epochs}: no generator step to train ({data.batches_per_epoch} batches "
+                          f"an epoch, {optim.d_steps} a step); give more --epochs, or --max-steps")
     return Resolved(options=options, world=world, image_size=data.image_size, channels=data.channels,
                     threads=dist.threads or world.cpu_threads,
                     channels_last=on_cuda if dist.channels_last is None else dist.channels_last,

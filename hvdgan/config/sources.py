@@ -9,6 +9,8 @@ from (`where`: the option, the variable or the job file's key).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,11 +29,17 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
     as on the command line."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=JobLoader)
     except FileNotFoundError:
         raise HvdganError(f"{path}: job file not found") from None
+    except IsADirectoryError:
+        raise HvdganError(f"{path}: is a directory, not a job file") from None
+    except OSError as exc:  # (unreadable, a symlink loop)
+        raise HvdganError(f"{path}: cannot read the job file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise HvdganError(f"{path}: not a text file (a job file is YAML)") from None
     except yaml.YAMLError as exc:
-        raise HvdganError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise HvdganError(f"{path}{_where(exc)}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -47,11 +55,32 @@ def load_job_file(path: str | Path) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         spec = OPTIONS.get(name)
         if spec is None or (section and spec.section != section):
-            close = [f for f in OPTIONS if f.startswith(name[:3])]
+            close = list(dict.fromkeys([*difflib.get_close_matches(name, OPTIONS, n=3),  # (lrg: lr_g)
+                                        *(f for f in OPTIONS if f.startswith(name[:3]))]))
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise HvdganError(f"{path}: unknown key {f'{section}.' if section else ''}{key!r}{hint}")
         values[name] = _check_type(path, key, spec, value)
     return values
+
+
+def _where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+class JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does: YAML 1.1 (PyYAML's) wants a dot in the mantissa,
+    so `lr_g: 1e-4`, as users write it, would be the string "1e-4"."""
+
+
+JobLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
 
 
 def _check_type(path: Path, key: str, spec: Spec, value: Any) -> Any:
@@ -96,3 +125,15 @@ def build(values: dict[str, Any], where: str | Callable[[str], str] = "options")
         if why:
             raise HvdganError(f"{name_of(name)}: {why}")
     return cfg
+
+
+def unknown_variables(environ, prefix: str = "HVDGAN_TRAIN_", others=("JOB",)) -> list[str]:
+    """A warning for each `prefix` variable that names no option, with the closest name: Click reads only the
+    variables it knows, and a misspelt one (HVDGAN_TRAIN_BACTH_SIZE) would change nothing without a word."""
+    known = [prefix + name.upper() for name in (*OPTIONS, *others)]
+    warnings = []
+    for name in sorted(k for k in environ if k.startswith(prefix) and k not in known):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a variable of hvdgan (ignored){hint}")
+    return warnings

@@ -119,6 +119,8 @@ def open_manifest(root: str | os.PathLike) -> Manifest:
     """Read and validate DIR/manifest.json (the shard files are not opened)."""
     root = Path(root)
     path = root / MANIFEST
+    if root.exists() and not root.is_dir():
+        raise HvdganError(f"{root}: a file, not a dataset directory (one that `hvdgan prepare SOURCE DIR` wrote)")
     if not root.is_dir():
         raise HvdganError(f"{root}: no such dataset directory; create it with `hvdgan prepare SOURCE {root}`")
     try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import HvdganError
 from .deal import Deal
-from .format import SHUFFLE_WINDOW, open_manifest
+from .format import SHUFFLE_WINDOW, check_file_size, open_manifest
 from .shardio import map_images, open_checked, read_rows_into
 
 
@@ -45,6 +45,8 @@ class ShardedReader:
                  in_memory: bool = True, *, shuffle_window: int = SHUFFLE_WINDOW, verify: bool = False,
                  direct: bool = True, local_size: int = 1):
         self.manifest = m = open_manifest(root)
+        for i in range(len(m.shards)):  # every shard there, whole: a missing one fails the start, not an epoch
+            check_file_size(m, i)
         if size < 1 or not 0 <= rank < size:
             raise HvdganError(f"rank {rank} of size {size}: need 0 <= rank < size")
         if batch_size < 1:

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import HvdganError
 from .images import fit, square, to_nchw
+from .modes import native_channels, to_8bit
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -206,7 +207,8 @@ class ImageFolderSource(_Source):
         try:
             with Image.open(files[0]) as im:
                 w, h = im.size
-                c = 1 if im.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+                c = native_channels(im)
+                to_8bit(im, "L" if c == 1 else "RGB", files[0])  # (a mode it cannot read fails before writing)
         except OSError as exc:
             raise HvdganError(f"{files[0]}: cannot read the image ({exc})") from None
         super().__init__(str(path), size, channels, (c, h, w))
@@ -230,7 +232,7 @@ class ImageFolderSource(_Source):
             path = os.path.join(self.root, self.files[i])
             try:
                 with Image.open(path) as im:
-                    im = square(im.convert("L" if c == 1 else "RGB"))
+                    im = square(to_8bit(im, "L" if c == 1 else "RGB", path))
                     if im.size != (s, s):
                         im = im.resize((s, s), Image.BICUBIC)
                     arr = np.asarray(im)
@@ -249,6 +251,8 @@ def open_source(spec: str, size: int | None = None, channels: int | None = None)
     if spec == "digits":
         return DigitsSource(size, channels)
     p = Path(spec)
+    if p.is_symlink() and not p.exists():
+        raise HvdganError(f"{spec}: a symbolic link to nothing (or a loop of them)")
     if not p.exists():
         raise HvdganError(f"{spec}: no such file or folder; SOURCE is `digits`, cifar-10-python.tar.gz (or its "
                           "extracted folder), a folder of images, or a .npy/.npz file")

@@ -143,10 +143,28 @@ def write_source(out: str | os.PathLike, source, shards: int | None = None, per_
     if use_horovod is None:
         use_horovod = distributed.launcher_world()[0]
     world = World.join(use_horovod)
+    created = not out.exists()
     _claim(out, overwrite, world)  # 1. the overwrite policy, before anything is touched
-    tasks = _tasks(out, source, bounds, compression, shuffle_seed, workers, world)  # 2. which images go where
-    records = _write_shards(out, tasks, workers, progress, world)  # 3. the shards
+    try:
+        tasks = _tasks(out, source, bounds, compression, shuffle_seed, workers, world)  # 2. which images go where
+        records = _write_shards(out, tasks, workers, progress, world)  # 3. the shards
+    except HvdganError:  # (every rank is past its writes: the failure was agreed on)
+        if created and world.rank == 0:
+            _remove_new(out)
+        raise
     return _write_manifest(out, source, bounds, compression, shuffle_seed, records, world)  # 4. the manifest
+
+
+def _remove_new(out: Path) -> None:
+    """A prepare that failed (an image it could not read, half-way) into a directory it made leaves nothing:
+    the shards it wrote, and the directory when nothing else is in it."""
+    for p in out.iterdir():
+        if SHARD_RE.match(p.name):
+            p.unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass
 
 
 def _claim(out: Path, overwrite: bool, world: World) -> None:

@@ -19,22 +19,10 @@ import re
 import subprocess
 import sys
 
-from .launch import hostfile_slots
+from .hosts import hostfile_slots, parse_hosts
 
 # Slurm's node states that get no ranks (sinfo -t); a node that comes back to idle/allocated gets them again
 UNUSABLE_STATES = "down,drain,fail,no_respond"
-
-
-def parse_hosts(text: str, what: str = "--hosts") -> list[tuple[str, int]]:
-    """`host:N,host2:N` (a host without `:N` has one slot) as (host, slots) pairs."""
-    hosts = []
-    for item in text.split(","):
-        name, sep, slots = item.strip().partition(":")
-        if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) or (sep and not slots.isdigit()) \
-                or int(slots or "1") < 1:
-            raise ValueError(f"{what}: {item.strip()!r} is not HOST:SLOTS (e.g. node1:4)")
-        hosts.append((name, int(slots or "1")))
-    return hosts
 
 
 def tasks_per_node(value: str) -> list[int]:

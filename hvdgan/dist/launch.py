@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 
 from . import stop
+from .hosts import check_slots, hostfile_hosts, hostfile_slots, parse_hosts
 
 LAUNCHERS = ("horovodrun", "mpirun", "srun")
 
@@ -69,33 +70,6 @@ def iface_args(launcher: str, iface: str | None) -> list[str]:
 
 def exported_names(env=os.environ) -> list[str]:
     return sorted(k for k in env if k.startswith(EXPORT_PREFIXES) or k in EXPORT_NAMES)
-
-
-def hostfile_slots(path: str) -> list[tuple[str, int]]:
-    """(host, slots) of an Open MPI / Horovod hostfile: `host slots=4`, `host:4` or `host` (1 slot) lines,
-    blank lines and # comments."""
-    hosts = []
-    with open(path) as f:
-        for number, raw in enumerate(f, 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
-                continue
-            words = line.split()
-            name, _, slots = words[0].partition(":")
-            for word in words[1:]:
-                if word.startswith("slots="):
-                    slots = word[len("slots="):]
-            if not name or not (slots or "1").isdigit() or int(slots or "1") < 1:
-                raise ValueError(f"--hostfile {path}, line {number}: {raw.strip()!r} is not `host slots=N` or `host:N`")
-            hosts.append((name, int(slots or "1")))
-    if not hosts:
-        raise ValueError(f"--hostfile {path}: no hosts in it")
-    return hosts
-
-
-def hostfile_hosts(path: str) -> list[str]:
-    """Host names of an Open MPI / Horovod hostfile."""
-    return [name for name, _ in hostfile_slots(path)]
 
 
 @dataclass
@@ -230,12 +204,16 @@ def compose(np: int, job: str, extra=(), launcher: str = "horovodrun", controlle
     if mca and launcher != "mpirun":
         raise ValueError(f"--mca is mpirun's (with {launcher}, set OMPI_MCA_<key> in the environment)")
     iface = iface if iface is not None else (env.get("HVDGAN_NET_IFACE") or None)
+    if hosts:
+        parse_hosts(hosts)  # (a bad list fails here, not in the launcher, after the start)
+    if launcher != "srun":  # (srun places the tasks itself: the hosts only pick the nodes)
+        check_slots((elastic[0] or 1) if elastic else np, hosts, hostfile, "--min-np" if elastic else "--np")
     discovery = min_np = max_np = None
     if elastic:
         from . import discover
 
         min_np, max_np, script = elastic
-        listed = discover.parse_hosts(hosts) if hosts else []  # (a bad list fails here, not in the driver)
+        listed = parse_hosts(hosts) if hosts else []
         in_slurm = bool(env.get("SLURM_JOB_NODELIST"))
         if script or hostfile or in_slurm or len(listed) < 2:
             # (Horovod takes a fixed list of two or more hosts itself, with no process started every second)

@@ -127,7 +127,7 @@ def supervise(cmd: list[str], out: Path | None) -> int:
     result = run_result(out, since)
     final = exit_status(status, result, sent[-1] if sent else None)
     if final != status:
-        where = (f"at step {result.get('step')}, newest checkpoint {result.get('checkpoint')}" if result
+        where = (f"at step {result.get('step')}, newest checkpoint {result.get('checkpoint') or 'none yet'}" if result
                  else "before any rank started")
         _say(f"the run stopped {where} (the launcher's status: {status}); exit status {final}: resume with "
              "--resume auto")

@@ -19,6 +19,7 @@ while running (not stopped) is still ended by this watchdog, on every rank, afte
 from __future__ import annotations
 
 import faulthandler
+import math
 import os
 import subprocess
 import sys
@@ -38,8 +39,8 @@ def timeout(env: str = ENV, default: float = DEFAULT_SECONDS) -> float:
         value = float(raw) if raw.strip() else default
     except ValueError:
         raise HvdganError(f"{env}={raw!r}: not a number of seconds (0 turns it off)") from None
-    if not value >= 0:  # (NaN too)
-        raise HvdganError(f"{env}={raw!r}: must be >= 0 seconds (0 turns it off)")
+    if not 0 <= value < math.inf:  # (NaN too)
+        raise HvdganError(f"{env}={raw!r}: must be a number of seconds >= 0 (0 turns it off)")
     return value
 
 
@@ -60,10 +61,20 @@ class Watchdog:
     def beat(self) -> None:
         """Progress: restart the count (a step completed)."""
         if self.seconds > 0:
-            faulthandler.dump_traceback_later(self.seconds, exit=True, file=sys.stderr)
+            faulthandler.dump_traceback_later(self.seconds, exit=True, file=_stderr())
 
     def stop(self) -> None:
         cancel()
+
+
+def _stderr():
+    """faulthandler writes to a file descriptor: a stderr without one (a notebook's, a test runner's) gives way
+    to the process's own."""
+    try:
+        sys.stderr.fileno()
+        return sys.stderr
+    except (AttributeError, OSError, ValueError):  # (io.UnsupportedOperation is both of the last two)
+        return sys.__stderr__
 
 
 def cancel() -> None:

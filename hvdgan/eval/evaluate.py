@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -91,13 +92,21 @@ def find_checkpoint(target) -> Path:
 
 def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None = None, metrics=("fid",),
         inception=None, batch_size: int = 32, seed: int = 0, ema: bool = True, device: str = "auto",
-        progress: bool = True, use_cache: bool = True) -> dict | None:
+        progress: bool = True, use_cache: bool = True, out=None) -> dict | None:
     """`hvdgan evaluate`: a checkpoint against its dataset, or two datasets against each other. Under a
-    launcher every rank takes part; the result on rank 0 (None on the others)."""
+    launcher every rank takes part; the result on rank 0 (None on the others), also written to `out`."""
+    from ..logs import setup_logging
     from ..models.placement import default_device
 
     if bool(target) == (len(real) == 2) or len(real) not in (0, 2) or (real and data):
         raise HvdganError("give a CHECKPOINT_OR_RUN_DIR (with an optional --data DIR), or --real DIR_A --real DIR_B")
+    # what the user named is checked before the slow part (Horovod, Inception's weights, the features)
+    path = None if real else find_checkpoint(target)
+    references = list(real) if real else [data or reference_of(path)]
+    for reference in references:
+        check_real_num(reference, real_num, "--real-num")
+    check_out(out)
+    setup_logging()
     world = World.from_horovod(threads=False)
     if "OMP_NUM_THREADS" not in os.environ:  # the node's cores shared among its ranks, as hvdgan train does
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.local_size))
@@ -114,14 +123,7 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
     else:
         from ..sample import load_generator
 
-        path = find_checkpoint(target)
-        state_data = data
-        if state_data is None:
-            from ..run import checkpoint as ckpt
-
-            state_data = (ckpt.load(path).get("config") or {}).get("data")
-            if not state_data:
-                raise HvdganError(f"{path}: names no dataset; give --data DIR")
+        state_data = references[0]
         G = load_generator(path, ema).to(dev)
         a = dataset_features(state_data, extractor, world, real_num, progress, use_cache)
         b = generated_features(G, num, extractor, world, seed, batch_size, progress)
@@ -130,7 +132,43 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
             result["real_count"] = len(a)
     result["metrics"] = scores_of(a, b, metrics, world, seed=seed)
     result["seconds"] = round(time.perf_counter() - t0, 3)
+    if out and world.root:
+        try:
+            Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            raise HvdganError(f"--out {out}: cannot write the result ({exc.strerror or exc})") from None
     return result if world.root else None
+
+
+def reference_of(path: Path) -> str:
+    """The dataset a checkpoint was trained on (its configuration's `data`)."""
+    from ..run import checkpoint as ckpt
+
+    data = (ckpt.load(path).get("config") or {}).get("data")
+    if not data:
+        raise HvdganError(f"{path}: names no dataset; give --data DIR")
+    return data
+
+
+def check_real_num(data, real_num: int | None, option: str) -> None:
+    """The reference images asked for are in the dataset (else the scores would silently use fewer)."""
+    from ..data import open_manifest
+
+    m = open_manifest(data)
+    if real_num is not None and real_num > m.count:
+        raise HvdganError(f"{option} {real_num}: {data} holds {m.count:,} images; ask for {m.count:,} or fewer "
+                          f"(or leave {option} out: all of them)")
+
+
+def check_out(out) -> None:
+    """--out can be written, before an evaluation of minutes (Click checks that it is not a directory)."""
+    if out is None:
+        return
+    parent = Path(out).parent
+    if not parent.is_dir():
+        raise HvdganError(f"--out {out}: no directory {parent} to write it in")
+    if not os.access(parent, os.W_OK):
+        raise HvdganError(f"--out {out}: {parent} is not writable")
 
 
 def load_extractor(inception, device, world: World = World(), batch_size: int = 32):
@@ -150,5 +188,6 @@ def load_extractor(inception, device, world: World = World(), batch_size: int = 
 def for_training(cfg, world: World, device) -> Evaluator:
     """The Evaluator of `hvdgan train --eval-every` (cfg: hvdgan.config.Resolved)."""
     ev = cfg.evaluation
+    check_real_num(cfg.dataset.data, ev.eval_real_num, "--eval-real-num")
     return Evaluator(cfg.dataset.data, ev.eval_num, cfg.eval_metrics, load_extractor(ev.inception, device, world),
                      world, ev.eval_real_num, seed=cfg.schedule.seed)

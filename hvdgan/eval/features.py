@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,25 @@ def gather(world: World, local: torch.Tensor, name: str) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Generator output in [-1, 1] -> 8-bit pixels, rounded as a saved PNG would be."""
     return ((images.detach().float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8).cpu()
+
+
+class Expected:
+    """One log line, 5 s into a long extraction, with the time the rest will take (the bar shows on a terminal
+    only; on 2 CPU cores 10,000 images take minutes, and a batch job's log gets this line). Not after the
+    first batch: TorchScript optimises the network on its first calls, which are not the pace of the rest."""
+
+    def __init__(self, total: int, what: str, enabled: bool):
+        self.total, self.what, self.enabled, self.done, self.t0 = total, what, enabled, 0, time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        elapsed = time.perf_counter() - self.t0
+        if self.enabled and self.done < self.total and elapsed >= 5:
+            self.enabled = False
+            rate = self.done / elapsed
+            left = (self.total - self.done) / rate
+            if left >= 20:
+                log.info("%s: about %d min %02d s more, at %.1f images/s", self.what, left // 60, left % 60, rate)
 
 
 # -------------------------------------------------------------------------------- dataset features
@@ -139,12 +159,13 @@ def dataset_features(data, extractor, world: World = World(), limit: int | None 
         log.info("reference features of %s: extracting %d images on %d rank(s) (once: cached afterwards; "
                  "a few images/s per CPU core)", data, count, size)
     images = read_rows(m, a, b)
-    bar = progress_bar(b - a, f"features of {Path(data).name} (rank 0's {b - a} of {count})",
-                       progress and rank == 0)
+    what = f"features of {Path(data).name} (rank 0's {b - a} of {count})"
+    bar, expected = progress_bar(b - a, what, progress and rank == 0), Expected(b - a, what, progress and rank == 0)
     local = []
     for i in range(0, len(images), extractor.batch_size):
         local.append(extractor(images[i:i + extractor.batch_size]))
         bar.update(len(local[-1]))
+        expected.update(len(local[-1]))
     bar.close()
     local = torch.cat(local) if local else torch.empty(0, 2048)
     every = gather(world, local, "hvdgan.eval.real").numpy()
@@ -170,7 +191,8 @@ def generated_features(G: torch.nn.Module, n: int, extractor, world: World = Wor
     a, b = share(n, rank, size)
     was_training = G.training
     G.eval()
-    bar = progress_bar(b - a, f"generated (rank 0's {b - a} of {n})", progress and rank == 0)
+    what = f"generated (rank 0's {b - a} of {n})"
+    bar, expected = progress_bar(b - a, what, progress and rank == 0), Expected(b - a, what, progress and rank == 0)
     local = []
     try:
         for i in range(a, b, batch_size):
@@ -178,6 +200,7 @@ def generated_features(G: torch.nn.Module, n: int, extractor, world: World = Wor
             cond = () if y is None else (y[i:j].to(device),)
             local.append(extractor(to_uint8(G(z[i:j].to(device), *cond))))
             bar.update(j - i)
+            expected.update(j - i)
     finally:
         G.train(was_training)
         bar.close()

@@ -155,8 +155,7 @@ def load(path: Path) -> dict:
     """Read a checkpoint with weights_only=True: tensors and plain Python values only, so a file that
     carries code (a pickled object with __reduce__) is refused and its code never runs."""
     path = Path(path)
-    if not path.is_file():
-        raise HvdganError(f"{path}: checkpoint not found")
+    check_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -168,6 +167,31 @@ def load(path: Path) -> dict:
     if not isinstance(state, dict) or "G" not in state or "arch" not in state:
         raise HvdganError(f"{path}: not an hvdgan checkpoint (no generator or architecture in it)")
     return state
+
+
+def check_file(path: Path) -> None:
+    """What can be told of a checkpoint without reading it (cheap): it is there, and it is a file torch.save
+    can have written, whole."""
+    if not Path(path).is_file():
+        raise HvdganError(f"{path}: checkpoint not found")
+    why = _not_torch(Path(path))
+    if why:
+        raise HvdganError(f"{path}: not a readable checkpoint: {why}")
+
+
+def _not_torch(path: Path) -> str | None:
+    """Why `path` cannot be what torch.save writes (a zip file; a pickle before torch 1.6), in words a user can
+    act on instead of the unpickler's; None when it may be."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if head.startswith(b"PK"):
+        return None if zipfile.is_zipfile(path) else "truncated (the zip file torch.save writes ends early)"
+    return None if head[:1] == b"\x80" else "not a file torch.save writes"
 
 
 def newest_readable(directory: Path) -> tuple[Path | None, dict | None]:
@@ -195,7 +219,11 @@ def check_architecture(path: Path, saved: dict, current: dict) -> None:
     """Refuse to resume into a network that differs from the one the checkpoint was written with."""
     for net in ("G", "D"):
         if saved.get(net) != current[net]:
-            diff = {k: (saved.get(net, {}).get(k), v) for k, v in current[net].items()
-                    if saved.get(net, {}).get(k) != v}
+            # every key of either side (a key only the checkpoint has is a difference too; DCGAN's record
+            # has no "model" key: hvdgan.models.zoo.architecture)
+            was = {"model": "dcgan", **(saved.get(net) if isinstance(saved.get(net), dict) else {})}
+            now = {"model": "dcgan", **current[net]}
+            diff = {k: (was.get(k), now.get(k)) for k in dict.fromkeys([*now, *was]) if was.get(k) != now.get(k)}
             what = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise HvdganError(f"{path}: written for another {net} architecture ({what})")
+            raise HvdganError(f"{path}: written for another {net} architecture "
+                              f"({what or f'checkpoint {saved.get(net)!r} vs now {current[net]!r}'})")

@@ -17,6 +17,7 @@ from ..dist.world import World
 from ..errors import HvdganError
 from . import checkpoint as ckpt
 from . import history
+from .runlog import read_records
 from .state import RunState
 
 log = logging.getLogger("hvdgan")
@@ -68,8 +69,7 @@ class Checkpointer:
             path = Path(resume)
             saved = ckpt.load(path)
         if saved is None:
-            if resume in ("none", "", None) and (ckpt.list_checkpoints(self.directory)
-                                                 or (self.out / "metrics.jsonl").exists()):
+            if resume in ("none", "", None) and (ckpt.list_checkpoints(self.directory) or trained(self.out)):
                 raise HvdganError(f"{self.out}: holds an earlier run; continue it with --resume auto, or choose "
                                   "another --out (nothing was overwritten)")
             return None
@@ -108,3 +108,10 @@ class Checkpointer:
         protect = [self.resumed_from] if self.resumed_from else []
         self.last = ckpt.save(payload, self.directory, state.step, self.keep, protect=protect)
         return self.last
+
+
+def trained(out: Path) -> bool:
+    """Whether OUT/metrics.jsonl records a step after 0: a start that failed before its first step logged
+    step 0 at most, and is no earlier run to refuse to overwrite."""
+    return any(isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] > 0
+               for r in read_records(out / "metrics.jsonl", warn=False))

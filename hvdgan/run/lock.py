@@ -28,16 +28,22 @@ class RunLock:
     def acquire(self, take_over: bool = False) -> "RunLock":
         """Take the lock, or fail with one line naming the holder (nothing is written then). `take_over`: a
         lock this process already holds passes to this object (an elastic run's next world)."""
+        out = self.path.parent
+        if out.is_symlink() and not out.exists():
+            raise HvdganError(f"--out {out}: a symbolic link to nothing (or a loop of them); choose another --out")
+        if out.exists() and not out.is_dir():
+            raise HvdganError(f"--out {out}: exists and is not a directory; choose another --out")
         mine = _HELD.get(self.path.resolve())
         if take_over and mine is not None and mine.fd is not None:  # (flock refuses a second open file)
             self.fd, mine.fd = mine.fd, None
             _HELD[self.path.resolve()] = self
             return self
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            out.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as exc:
-            raise HvdganError(f"{self.path}: cannot create the run's lock ({exc.strerror or exc})") from None
+        except OSError as exc:  # (a read-only parent, a symlink loop, a file on the way)
+            raise HvdganError(f"--out {out}: cannot create the run directory or its lock "
+                              f"({exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             holder = self._holder(fd)

@@ -26,12 +26,13 @@ from ..dist import stop, topology, watchdog
 from ..dist.world import World
 from ..errors import HvdganError
 from ..gan import GAN, first_device
+from ..logs import setup_logging
 from ..models import check_images
 from ..models.placement import describe, evaluation_device, place
 from ..models.zoo import architecture, build_networks
 from . import actions as periodic
 from .actions import Action, Tick
-from .checkpoint import file_mode
+from .checkpoint import check_file, file_mode
 from .checkpointer import Checkpointer
 from .lock import RunLock
 from .runlog import RunLog, plot_losses
@@ -85,7 +86,7 @@ class Trainer:
 
             self.evaluator = for_training(cfg, world, evaluation_device(cfg.devices))
         # 5. the run directory, held by this run alone, and the checkpoint (or elastic commit) to continue from
-        self.lock = world.on_root(lambda: RunLock(self.out).acquire(take_over=commit is not None), "hvdgan.lock")
+        self.lock = world.on_root(lambda: claim(self.out, cfg.output.resume, commit), "hvdgan.lock")
         self.checkpoints = Checkpointer(self.out, cfg.output.keep_checkpoints, world)
         self.commit = commit
         try:
@@ -172,11 +173,13 @@ class Trainer:
             # (a stopped run leaves the plot to its end: it must be gone before Slurm's KILL)
             plot = (plot_losses(self.out / "metrics.jsonl", self.out / "losses.png")
                     if result["status"] == "done" else None)
-            result.update(step=self.state.step, out=str(self.out), checkpoint=str(self.checkpoints.last),
+            last = self.checkpoints.last
+            result.update(step=self.state.step, out=str(self.out), checkpoint=str(last) if last else None,
                           samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None)
             write_result(self.out, result)
-            log.info("%s at step %d: samples %s, loss plot %s, checkpoint %s", result["status"], self.state.step,
-                     result["samples"], result["plot"], result["checkpoint"])
+            made = {"samples": result["samples"], "loss plot": result["plot"], "checkpoint": last}
+            log.info("%s at step %d: %s", result["status"], self.state.step,  # (what is there: no "None")
+                     ", ".join(f"{what} {path}" for what, path in made.items() if path) or "nothing written")
             self.lock.release()
         if result["status"] == "preempted":  # hvd: no rank exits (75) before rank 0 has written everything,
             self.world.hvd.barrier()         # or srun --kill-on-bad-exit would kill it mid-write
@@ -212,13 +215,15 @@ class Trainer:
         return self.checkpoints.save(self.gan, self.state, self.cfg.to_dict(), self.arch, best=best)
 
 
-def setup_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[hvdgan %(asctime)s] %(message)s", datefmt="%H:%M:%S"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(logging.INFO)
+def claim(out: Path, resume: str, commit) -> RunLock:
+    """Rank 0: the run directory's lock, once what is sure to stop the start has been ruled out (a --resume
+    file that is not there, or not a checkpoint, must not leave a new run directory behind)."""
+    if commit is None and resume not in ("none", "auto", "", None):
+        if not Path(resume).is_file():
+            raise HvdganError(f"--resume {resume}: no such checkpoint file (--resume takes none, auto or a "
+                              "checkpoint)")
+        check_file(Path(resume))
+    return RunLock(out).acquire(take_over=commit is not None)
 
 
 def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
@@ -234,6 +239,8 @@ def train(cfg: TrainConfig, actions: Sequence[Action] = ()) -> dict:
         return trainer.run()
     finally:
         watchdog.cancel()  # (an error left the loop with the watchdog armed)
+        if trainer.lock is not None:  # (and with the run directory held: free it for a next run in this process)
+            trainer.lock.release()
 
 
 def write_result(out: Path, result: dict) -> None:
