@@ -25,6 +25,10 @@ LAUNCHERS = ("horovodrun", "mpirun", "srun")
 EXPORT_PREFIXES = ("HOROVOD_", "NCCL_", "HVDGAN_", "HDF5_", "OMP_", "PYTHON", "CUDA_")
 EXPORT_NAMES = ("PATH", "LD_LIBRARY_PATH")
 
+# An elastic run's Gloo collectives give up after this many seconds (patches/: the rendezvous keeps Horovod's
+# 30 s): a rank that waits on a peer which left to re-form the world sees the loss that much sooner.
+GLOO_OP_TIMEOUT_ENV, GLOO_OP_TIMEOUT_S = "HOROVOD_GLOO_OP_TIMEOUT_SECONDS", 10
+
 
 def _tool(name: str) -> str:
     """A launcher from the running interpreter's environment first (the venv's horovodrun), then PATH."""
@@ -142,10 +146,20 @@ class Launch:
         cooldown = env.get("HVDGAN_ELASTIC_COOLDOWN", "10 120").split()
         if len(cooldown) != 2 or not all(c.isdigit() for c in cooldown) or int(cooldown[0]) > int(cooldown[1]):
             raise ValueError(f"HVDGAN_ELASTIC_COOLDOWN={' '.join(cooldown)!r}: not 'LOW HIGH' seconds (e.g. '10 120')")
+        if not env.get(GLOO_OP_TIMEOUT_ENV):
+            argv = _with_env(argv, f"{GLOO_OP_TIMEOUT_ENV}={GLOO_OP_TIMEOUT_S}")
         return [_tool("horovodrun"), "-np", str(self.np), "--min-np", str(lo), "--max-np", str(hi), "--gloo",
                 *(["--host-discovery-script", self.discovery] if self.discovery else ["-H", self.hosts]),
                 "--network-interface", self.iface or "lo",
                 "--blacklist-cooldown-range", *cooldown, *argv]
+
+
+def _with_env(argv: list[str], assignment: str) -> list[str]:
+    """argv run with NAME=VALUE in its environment (into its env(1), when it starts with one)."""
+    if argv[0] != "env":
+        return ["env", assignment, *argv]
+    i = next(i for i, word in enumerate(argv[1:], 1) if not word.startswith("-"))
+    return [*argv[:i], assignment, *argv[i:]]
 
 
 def run(cmd: list[str], timeout: float | None = None, **kwargs) -> subprocess.CompletedProcess:
