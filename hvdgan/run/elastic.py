@@ -28,8 +28,10 @@ from __future__ import annotations
 import logging
 from typing import Sequence
 
+import torch
 from horovod.common.elastic import State
 from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt
+from horovod.runner.elastic.worker import HostUpdateResult
 
 from ..config import TrainConfig
 from ..dist import watchdog
@@ -46,8 +48,8 @@ class Commit(State):
     """The last commit, the same on every rank that holds one (new ranks hold none)."""
 
     def __init__(self, h):
-        super().__init__(bcast_object=lambda obj: h.broadcast_object(obj, root_rank=0, name="hvdgan.elastic.hosts"),
-                         get_rank=h.rank)
+        super().__init__(bcast_object=None, get_rank=h.rank)  # (check_host_updates needs no broadcast)
+        self.hvd = h
         self.snapshot: dict | None = None  # a checkpoint's content, on the CPU
 
     def keep(self, payload: dict) -> None:
@@ -65,6 +67,23 @@ class Commit(State):
                                                name="hvdgan.elastic.snapshot")
             return moved if world.root else None
         return self.snapshot if world.root else None
+
+    def check_host_updates(self) -> None:
+        """Horovod's check, as one max-allreduce in place of rank 0's broadcast of a pickled tuple (two
+        collectives): a host change that any rank has been told of counts, on every rank alike (upstream's
+        own TODO); a new rank's first check takes the old ranks' last change as its own."""
+        prev = newest = self._last_updated_timestamp
+        update = HostUpdateResult.no_update
+        while not self._host_messages.empty():
+            timestamp, res = self._host_messages.get()
+            if timestamp > newest:
+                newest, update = timestamp, update | res
+        mine = torch.tensor([prev, newest, bool(update & HostUpdateResult.removed),
+                             bool(update & HostUpdateResult.added)], dtype=torch.float64)
+        prev, newest, removed, added = self.hvd.allreduce(mine, op=self.hvd.Max, name="hvdgan.elastic.hosts").tolist()
+        self._last_updated_timestamp = newest
+        if newest > prev:
+            raise HostsUpdatedInterrupt(bool(removed) and not added)  # (skip_sync: hosts removed, none added)
 
     def save(self) -> None:  # (Horovod's commit() calls it: the content was kept by `keep`)
         pass
