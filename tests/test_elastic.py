@@ -46,6 +46,19 @@ def test_discovery_from_hosts_and_a_hostfile_read_anew(tmp_path):
     assert discover.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
 
 
+def test_horovods_driver_runs_the_discovery_without_a_python_middleman(monkeypatch):
+    """patches/: Horovod's driver ran the discovery command every second through safe_shell_exec, which starts
+    a spawned Python each time (0.125 s of CPU); it runs it as a plain child now, with the same result."""
+    from horovod.runner.common.util import safe_shell_exec
+    from horovod.runner.elastic.discovery import HostDiscoveryScript
+
+    monkeypatch.setattr(safe_shell_exec, "execute", lambda *a, **k: pytest.fail("safe_shell_exec used"))
+    script = f"{sys.executable} -m hvdgan.dist.discover --hosts node1:2,node2"
+    assert HostDiscoveryScript(script, 1).find_available_hosts_and_slots() == {"node1": 2, "node2": 1}
+    with pytest.raises(RuntimeError, match="Failed to execute discovery script: false. Exit code: 1"):
+        HostDiscoveryScript("false", 1).find_available_hosts_and_slots()
+
+
 def test_launch_elastic_composes_horovodruns_elastic_mode():
     cmd = compose(4, DEMO, ["--commit-every", "5"], hosts="node1:2,node2:2", iface="eth0", env={},
                   elastic=(2, None, None))
