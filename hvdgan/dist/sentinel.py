@@ -3,8 +3,8 @@ state "T" in /proc) for HVDGAN_STOPPED_TIMEOUT seconds, and exits when the rank 
 
 A stopped rank runs none of its threads, so it cannot end itself; its TCP connections stay open, so the
 other ranks wait on it in a collective, and Horovod's elastic driver waits for it at the next rendezvous,
-for ever. Killed, it is a lost rank like any other: the other ranks' collectives fail at once and Horovod
-re-forms the world without its host. Started by hvdgan.dist.watchdog.start_sentinel as `python -I` on
+for ever. Killed, it is a lost rank like any other: the other ranks' collectives fail (at once, or at
+their Gloo time-out) and Horovod re-forms the world without its host. Started by hvdgan.dist.watchdog.start_sentinel as `python -I` on
 this file: a small process that imports neither torch nor hvdgan.
 
 Only the sentinel's own polling time counts: when the whole job is stopped (`scontrol suspend` stops the
