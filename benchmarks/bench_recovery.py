@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from hvdgan.dist.hosts import parse_hosts
+from hvdgan.run.runlog import read_metrics
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 BIN = Path(sys.executable).parent
@@ -41,15 +44,7 @@ LOG = Path(tempfile.gettempdir()) / "bench_recovery.log"  # every launcher's out
 
 
 def records(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    found = []
-    for line in lines:
-        try:
-            found.append(json.loads(line))
-        except ValueError:  # (a line being written)
-            pass
-    return found
+    return read_metrics(out / "metrics.jsonl")  # (a line being written is dropped)
 
 
 def watch(out: Path, cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> list[dict]:
@@ -71,7 +66,7 @@ def steps_in(found: list[dict]) -> list[int]:
 
 def launch(cluster, env: dict, data: Path, out: Path, hosts: str, extra: list[str], train: list[str],
            log) -> subprocess.Popen:
-    argv = [BIN / "hvdgan", "launch", "--np", str(sum(int(h.split(":")[1]) for h in hosts.split(","))),
+    argv = [BIN / "hvdgan", "launch", "--np", str(sum(slots for _, slots in parse_hosts(hosts))),
             "--hosts", hosts, *(["--iface", "eth0"] if "," in hosts else []), *extra, "jobs/digits-demo.yaml", "--",
             "--data", data, "--out", out, "--threads", "1", "--batch-size", "8", "--log-every", "1",
             "--max-steps", "100000", "--sample-every", "100000", "--no-tensorboard", *train]
