@@ -53,6 +53,12 @@ def steps_done(out: Path) -> int:
     return last
 
 
+def result(out: Path) -> dict:
+    """The run's result.json. Preferred to the launcher's output for what rank 0 logs: mpirun forwards each
+    rank's stream in chunks, and another rank's line can land inside one of rank 0's."""
+    return json.loads((out / "result.json").read_text())
+
+
 def logged_steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
             if "loss_d" in json.loads(line)]

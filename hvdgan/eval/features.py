@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..data.check import progress_bar
+from ..data.format import open_shard
 from ..dist.world import World
 from ..errors import HvdganError
 
@@ -71,7 +72,6 @@ class Expected:
 # -------------------------------------------------------------------------------- dataset features
 def read_rows(m, a: int, b: int) -> torch.Tensor:
     """Images a..b-1 of a dataset in its global row order (shard by shard), as uint8 [b-a, C, H, W]."""
-    import h5py
 
     out = np.empty((b - a, m.channels, m.height, m.width), dtype=np.uint8)
     offsets = m.offsets
@@ -81,7 +81,7 @@ def read_rows(m, a: int, b: int) -> torch.Tensor:
             continue
         path = m.shard_path(i)
         try:
-            with h5py.File(path, "r", locking=False) as f:
+            with open_shard(path) as f:  # HDF5_USE_FILE_LOCKING as every other open: mixed flags fail
                 out[lo - a:hi - a] = f["images"][lo - offsets[i]:hi - offsets[i]]
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise HvdganError(f"{path}: cannot read images ({exc}); check it with `hvdgan data check {m.root}`") from None

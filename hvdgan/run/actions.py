@@ -178,10 +178,11 @@ class Preempt(Action):
         t = self.trainer
         signame = stop.name(stop.received()) if stop.received() else "a signal on another rank"
         seen = t.world.hvd.allgather_object(stop.received(), name="hvdgan.stop.seen")  # collective
+        seen_by = [r for r, s in enumerate(seen) if s]
         if t.world.root:
             log.warning("preempted (%s, seen by rank(s) %s) at step %d: checkpoint %s", signame,
-                        ",".join(str(r) for r, s in enumerate(seen) if s), tick.step, t.checkpoints.last)
-        t.result = {"status": "preempted", "signal": signame, "step": tick.step}
+                        ",".join(map(str, seen_by)), tick.step, t.checkpoints.last)
+        t.result = {"status": "preempted", "signal": signame, "step": tick.step, "seen_by": seen_by}
 
 
 class Sample(Action):
