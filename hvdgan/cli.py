@@ -64,7 +64,11 @@ def info(as_json, placement):
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
               help="Seed of the shuffle before sharding.")
 @click.option("--no-shuffle", is_flag=True, help="Keep the source's order (shard 0 holds the first images).")
-def prepare(source, out, shards, per_shard, size, channels, compression, overwrite, workers, verify, seed, no_shuffle):
+@click.option("--holdout", metavar="N|P%", default=None,
+              help="Hold out N images (or P% of them), chosen by --seed, in OUT/holdout: evaluate and --eval-every "
+                   "measure against them.")
+def prepare(source, out, shards, per_shard, size, channels, compression, overwrite, workers, verify, seed, no_shuffle,
+            holdout):
     """Write SOURCE as a sharded HDF5 dataset in OUT.
 
     \b
@@ -77,7 +81,7 @@ def prepare(source, out, shards, per_shard, size, channels, compression, overwri
     summary = prepare_dataset(source, out, shards=shards, per_shard=per_shard, size=size,
                               channels=int(channels) if channels else None, compression=compression,
                               overwrite=overwrite, workers=workers, verify=verify,
-                              shuffle_seed=None if no_shuffle else seed)
+                              shuffle_seed=None if no_shuffle else seed, holdout=holdout)
     if summary:
         click.echo(summary)
 

@@ -17,14 +17,14 @@ a fork. The names below are the package's public interface.
 """
 
 from .check import check_dataset, read_all
-from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, MANIFEST, SHUFFLE_WINDOW, VERSION, Manifest, ShardRecord,
-                     chunk_rows_for, open_manifest, sha256_file, shard_name)
+from .format import (COMPRESSIONS, DEFAULT_SHARDS, FORMAT, HOLDOUT, MANIFEST, SHUFFLE_WINDOW, VERSION, Manifest,
+                     ShardRecord, chunk_rows_for, open_manifest, sha256_file, shard_name)
 from .read import ShardedReader
 from .sources import ArraySource, open_source
 from .tensors import to_float
 from .write import plan_shards, write_dataset, write_source
 
-__all__ = ["ArraySource", "COMPRESSIONS", "DEFAULT_SHARDS", "FORMAT", "MANIFEST", "Manifest", "SHUFFLE_WINDOW",
-           "ShardRecord", "ShardedReader", "VERSION", "check_dataset", "chunk_rows_for", "open_manifest",
-           "open_source", "plan_shards", "read_all", "sha256_file", "shard_name", "to_float",
+__all__ = ["ArraySource", "COMPRESSIONS", "DEFAULT_SHARDS", "FORMAT", "HOLDOUT", "MANIFEST", "Manifest",
+           "SHUFFLE_WINDOW", "ShardRecord", "ShardedReader", "VERSION", "check_dataset", "chunk_rows_for",
+           "open_manifest", "open_source", "plan_shards", "read_all", "sha256_file", "shard_name", "to_float",
            "write_dataset", "write_source"]

@@ -21,6 +21,7 @@ from ..errors import HvdganError
 FORMAT = "hvdgan-shards"
 VERSION = 1
 MANIFEST = "manifest.json"
+HOLDOUT = "holdout"  # the held-out split of `hvdgan prepare --holdout`: a dataset of its own in DIR/holdout
 LAYOUT = "NCHW"
 COMPRESSIONS = ("none", "gzip", "lzf")
 GZIP_LEVEL = 4

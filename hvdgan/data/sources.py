@@ -175,6 +175,31 @@ class ArraySource:
         return self.images[idx], (self.labels[idx] if self.labels is not None else None)
 
 
+class Subset:
+    """Some of a source's images (`indices`, ascending): one side of `hvdgan prepare --holdout`."""
+
+    def __init__(self, source, indices: np.ndarray, what: str):
+        self.source, self.indices, self.what = source, np.sort(np.asarray(indices, dtype=np.int64)), what
+        self.portable = getattr(source, "portable", False)
+        self.count, self.channels, self.height, self.width = (len(self.indices), source.channels, source.height,
+                                                               source.width)
+        self.label_names = source.label_names
+
+    def describe(self) -> str:
+        return f"{self.source.describe()}, {self.what}"
+
+    def read(self, idx: np.ndarray):
+        return self.source.read(self.indices[np.asarray(idx, dtype=np.int64)])
+
+
+def split_holdout(source, n: int, seed: int | None) -> tuple[Subset, Subset]:
+    """(training, held-out): `n` images chosen at random by `seed` (None: the source's last `n`) are held out."""
+    order = np.arange(source.count) if seed is None else np.random.default_rng([seed, 1]).permutation(source.count)
+    held, kept = order[source.count - n:], order[:source.count - n]
+    return (Subset(source, kept, f"{len(kept):,} of {source.count:,} images ({n:,} held out in holdout/)"),
+            Subset(source, held, f"the {n:,} of {source.count:,} images held out"))
+
+
 # ------------------------------------------------------------------------------------- image folder
 def _list_images(root: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
     def images_in(d: Path) -> list[Path]:
