@@ -210,7 +210,9 @@ def sample(checkpoint, out, num, single, seed, no_ema, overwrite, class_):
               help="Generated images (shared among the ranks).")
 @click.option("--real-num", type=click.IntRange(2, None), default=None,
               help="Reference images: the dataset's first N (default: all).")
-@click.option("--metrics", default="fid", show_default=True, help="Comma-separated: fid, kid, pr (precision/recall).")
+@click.option("--metrics", default="fid,pr", show_default=True, help="Comma-separated: fid, kid, pr (precision/recall).")
+@click.option("--split", type=click.Choice(["auto", "holdout", "train"]), default="auto", show_default=True,
+              help="Reference split of the data: auto takes its held-out split (prepare --holdout) when it has one.")
 @click.option("--inception", type=click.Path(dir_okay=False), default=None,
               help="Inception weights file (default: $HVDGAN_INCEPTION, else the one scripts/setup.sh fetched).")
 @click.option("--batch-size", type=click.IntRange(1, None), default=32, show_default=True,
@@ -220,7 +222,8 @@ def sample(checkpoint, out, num, single, seed, no_ema, overwrite, class_):
 @click.option("--device", type=click.Choice(OPTIONS["device"].choices), default="auto", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Recompute the reference features (and do not write them).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result here.")
-def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, seed, no_ema, device, no_cache, out):
+def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, seed, no_ema, device, no_cache, out,
+             split):
     """FID, KID and precision/recall with Inception features, alone or under a launcher.
 
     \b
@@ -241,7 +244,7 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
         raise click.BadParameter(exc.reason, param_hint="'--metrics'") from None
     result = evaluate_mod.run(target, real, data, num=num, real_num=real_num, metrics=names, inception=inception,
                               batch_size=batch_size, seed=seed, ema=not no_ema, device=device,
-                              use_cache=not no_cache, out=out)
+                              use_cache=not no_cache, out=out, split=split)
     if result is not None:
         click.echo(json.dumps(result, indent=2))
 

@@ -227,20 +227,27 @@ def bundled_inception():
 
 @pytest.mark.mp
 @pytest.mark.slow
-def test_training_evaluates_keeps_the_best_and_evaluate_agrees(digits, tmp_path):
-    """2 ranks train with --eval-every: FID lines in metrics.jsonl, ckpt-best.pt at the lowest one; then
-    hvdgan evaluate of ckpt-best.pt, alone and on 2 ranks, gives the FID the run logged for it."""
+def test_training_evaluates_keeps_the_best_and_evaluate_agrees(tmp_path):
+    """2 ranks train with --eval-every on data with a held-out split: FID, precision and recall lines in
+    metrics.jsonl, measured against the held-out images, ckpt-best.pt at the lowest FID; then hvdgan
+    evaluate of ckpt-best.pt, alone and on 2 ranks, gives the FID the run logged for it."""
     bundled_inception()
     from conftest import HVDGAN
 
-    out = tmp_path / "run"
-    launch("gloo", [HVDGAN, "train", "--data", str(digits), "--out", str(out), "--ngf", "8", "--ndf", "8",
-                    "--batch-size", "16", "--max-steps", "4", "--log-every", "2", "--sample-every", "100",
-                    "--checkpoint-every", "100", "--no-tensorboard", "--eval-every", "2", "--eval-num", "12",
-                    "--eval-real-num", str(REAL_NUM), "--eval-metrics", "fid,kid"], timeout=600)
+    data, out = tmp_path / "digits", tmp_path / "run"
+    hvdgan("prepare", "digits", data, "--shards", "4", "--holdout", "300")
+    proc = launch("gloo", [HVDGAN, "train", "--data", str(data), "--out", str(out), "--ngf", "8", "--ndf", "8",
+                           "--batch-size", "16", "--max-steps", "4", "--log-every", "2", "--sample-every", "100",
+                           "--checkpoint-every", "100", "--no-tensorboard", "--eval-every", "2", "--eval-num", "12",
+                           "--eval-real-num", str(REAL_NUM), "--eval-metrics", "fid,kid,pr"], timeout=600)
+    assert f"--eval-every 2: against {data / 'holdout'}, the held-out split" in proc.stdout + proc.stderr
     evals = [r for r in read_metrics(out / "metrics.jsonl") if "fid" in r]
     assert [r["step"] for r in evals] == [2, 4]
-    assert all(r["fid"] > 0 and "kid" in r and "kid_std" in r and r["eval_seconds"] > 0 for r in evals)
+    assert all(r["fid"] > 0 and {"kid", "kid_std", "precision", "recall"} <= set(r) and r["eval_seconds"] > 0
+               for r in evals)
+    quality = json.loads((out / "result.json").read_text())["quality"]
+    assert {k: quality[k] for k in ("fid", "precision", "recall")} == {k: evals[-1][k] for k in ("fid", "precision",
+                                                                                                    "recall")}
     best = min(evals, key=lambda r: r["fid"])
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["ckpt-00000004.pt", "ckpt-best.pt"]
@@ -253,9 +260,12 @@ def test_training_evaluates_keeps_the_best_and_evaluate_agrees(digits, tmp_path)
     launch("gloo", [HVDGAN, *args, "--out", str(tmp_path / "two.json")], timeout=600)
     two = json.loads((tmp_path / "two.json").read_text())
     assert (one["world_size"], two["world_size"]) == (1, 2) and one["real_count"] == REAL_NUM
+    assert (one["split"], one["real"]) == ("held-out", str(data / "holdout")) and two["split"] == "held-out"
     assert one["features"]["format"] == "fid-helper" and one["features"]["sha1"] == inception.BUNDLED_SHA1
     assert two["metrics"]["fid"] == pytest.approx(one["metrics"]["fid"], rel=1e-5)
     assert one["metrics"]["fid"] == pytest.approx(best["fid"], rel=1e-4)  # the run's EMA, noise and reals
+    train = json.loads(hvdgan(*args, "--split", "train", timeout=600).stdout)
+    assert (train["split"], train["real"]) == ("training", str(data)) and train["metrics"]["fid"] != one["metrics"]["fid"]
 
 
 @pytest.mark.slow

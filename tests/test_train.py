@@ -162,20 +162,26 @@ def test_the_gan_learns_digits_on_two_ranks(digits, tmp_path):
     launch("gloo", [HVDGAN, "train", "--job", str(ROOT / "jobs" / "digits-demo.yaml"), "--data", str(digits),
                     "--out", str(out), "--max-steps", "200", "--batch-size", "32", "--sample-every", "100",
                     "--log-every", "50", "--no-tensorboard"], timeout=600)
-    fd = {r["step"]: r["fd8"] for r in read_metrics(out / "metrics.jsonl") if "fd8" in r}
+    samples = [r for r in read_metrics(out / "metrics.jsonl") if "fd8" in r]
+    fd = {r["step"]: r["fd8"] for r in samples}
     assert set(fd) == {0, 100, 200}
     assert fd[200] < 0.4 * fd[0], fd
+    # the samples' diversity (hvdgan.run.collapse), its worst class named, the last in result.json
+    assert all(0 <= r["diversity"] and r["diversity_class"] in range(10) for r in samples), samples
+    quality = json.loads((out / "result.json").read_text())["quality"]
+    assert quality == {k: samples[-1][k] for k in ("step", "fd8", "diversity", "diversity_class")}
 
 
 def test_loss_plot_legend_names_every_line():
     from hvdgan.run.runlog import loss_figure
 
     records = [{"step": s, "loss_d": 1.0, "loss_g": 2.0, "d_real": 0.6, "d_fake": 0.4} for s in (1, 2)]
-    fig = loss_figure([*records, {"step": 2, "fd8": 30.0}, {"step": 2, "fid": 90.0}])
-    losses, outputs = (panel.get_legend() or twin.get_legend() for panel, twin in
-                       ((fig.axes[0], fig.axes[2]), (fig.axes[1], fig.axes[3])))
-    assert [t.get_text() for t in losses.get_texts()] == ["D loss", "G loss", "FD (8x8)"]
-    assert [t.get_text() for t in outputs.get_texts()] == ["D(x)", "D(G(z))", "FID (Inception)"]
-    plain = loss_figure(records)  # no second axes: the legends on the panels themselves
+    fig = loss_figure([*records, {"step": 2, "fd8": 30.0, "diversity": 0.8},
+                       {"step": 2, "fid": 90.0, "precision": 0.5, "recall": 0.4}])
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_legend()]
+    assert sorted(legends) == sorted([["D loss", "G loss", "FD (8x8)"], ["D(x)", "D(G(z))"],
+                                      ["FID (Inception)", "precision", "recall", "diversity / real",
+                                       "collapse warning"]])
+    plain = loss_figure(records)  # no second axis on the losses: the legend on the panel itself
     assert [t.get_text() for t in plain.axes[0].get_legend().get_texts()] == ["D loss", "G loss"]
     assert loss_figure([{"step": 0, "fd8": 1.0}]) is None

@@ -181,9 +181,10 @@ class EvaluationOptions:
                              "best FID's checkpoint is kept as checkpoints/ckpt-best.pt (0: off).",
                              check=lambda v: None if v >= 0 else f"must be >= 0 (0: off), got {v}")
     eval_num: int = option(10_000, "Generated images per evaluation (shared among the ranks).", check=at_least(2))
-    eval_real_num: int | None = option(None, "Reference images from --data (default: all; features cached in "
-                                       "DATA/eval-cache).", check=at_least(2))
-    eval_metrics: str = option("fid", "Metrics of each evaluation, comma-separated: fid, kid, pr "
+    eval_real_num: int | None = option(None, "Reference images (default: all) from --data's held-out split when it "
+                                       "has one (prepare --holdout), else from --data; features cached in "
+                                       "eval-cache there.", check=at_least(2))
+    eval_metrics: str = option("fid,pr", "Metrics of each evaluation, comma-separated: fid, kid, pr "
                                "(precision/recall).", check=parses(_metrics))
     inception: str | None = option(None, "Inception weights file (default: $HVDGAN_INCEPTION, else the one "
                                    "scripts/setup.sh fetched).")

@@ -90,9 +90,9 @@ def find_checkpoint(target) -> Path:
     return target
 
 
-def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None = None, metrics=("fid",),
+def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None = None, metrics=("fid", "pr"),
         inception=None, batch_size: int = 32, seed: int = 0, ema: bool = True, device: str = "auto",
-        progress: bool = True, use_cache: bool = True, out=None) -> dict | None:
+        progress: bool = True, use_cache: bool = True, out=None, split: str = "auto") -> dict | None:
     """`hvdgan evaluate`: a checkpoint against its dataset, or two datasets against each other. Under a
     launcher every rank takes part; the result on rank 0 (None on the others), also written to `out`."""
     from ..logs import setup_logging
@@ -102,7 +102,7 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
         raise HvdganError("give a CHECKPOINT_OR_RUN_DIR (with an optional --data DIR), or --real DIR_A --real DIR_B")
     # what the user named is checked before the slow part (Horovod, Inception's weights, the features)
     path = None if real else find_checkpoint(target)
-    references = list(real) if real else [data or reference_of(path)]
+    references, which = (list(real), None) if real else split_of(data or reference_of(path), split)
     for reference in references:
         check_real_num(reference, real_num, "--real-num")
     check_out(out)
@@ -113,6 +113,8 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
     dev = default_device(device, world.local_rank)
     t0 = time.perf_counter()
     extractor = load_extractor(inception, dev, world, batch_size)
+    if which and world.root:
+        log.info("reference: %s, the %s split", references[0], which)
     result = {"metrics": None, "features": extractor.describe(), "world_size": world.size}
     if real:
         a = dataset_features(real[0], extractor, world, real_num, progress, use_cache)
@@ -127,7 +129,7 @@ def run(target=None, real=(), data=None, num: int = 10_000, real_num: int | None
         G = load_generator(path, ema).to(dev)
         a = dataset_features(state_data, extractor, world, real_num, progress, use_cache)
         b = generated_features(G, num, extractor, world, seed, batch_size, progress)
-        result.update(checkpoint=str(path), real=str(state_data), num=num, seed=seed, ema=ema)
+        result.update(checkpoint=str(path), real=str(state_data), split=which, num=num, seed=seed, ema=ema)
         if world.root:
             result["real_count"] = len(a)
     result["metrics"] = scores_of(a, b, metrics, world, seed=seed)
@@ -148,6 +150,20 @@ def reference_of(path: Path) -> str:
     if not data:
         raise HvdganError(f"{path}: names no dataset; give --data DIR")
     return data
+
+
+def split_of(data, split: str = "auto") -> tuple[list[str], str]:
+    """([the reference dataset], which split it is): DATA's held-out split (`hvdgan prepare --holdout`) unless
+    `split` is "train" or there is none; images G was trained on flatter a G that memorised them."""
+    from ..data import HOLDOUT, MANIFEST
+
+    held = Path(data) / HOLDOUT
+    if split == "holdout" and not (held / MANIFEST).is_file():
+        raise HvdganError(f"--split holdout: {data} has no held-out split; make one with `hvdgan prepare SOURCE "
+                          f"{data} --holdout N --overwrite`")
+    if split != "train" and (held / MANIFEST).is_file():
+        return [str(held)], "held-out"
+    return [str(data)], "training"
 
 
 def check_real_num(data, real_num: int | None, option: str) -> None:
@@ -188,6 +204,10 @@ def load_extractor(inception, device, world: World = World(), batch_size: int = 
 def for_training(cfg, world: World, device) -> Evaluator:
     """The Evaluator of `hvdgan train --eval-every` (cfg: hvdgan.config.Resolved)."""
     ev = cfg.evaluation
-    check_real_num(cfg.dataset.data, ev.eval_real_num, "--eval-real-num")
-    return Evaluator(cfg.dataset.data, ev.eval_num, cfg.eval_metrics, load_extractor(ev.inception, device, world),
-                     world, ev.eval_real_num, seed=cfg.schedule.seed)
+    [reference], which = split_of(cfg.dataset.data)
+    check_real_num(reference, ev.eval_real_num, "--eval-real-num")
+    extractor = load_extractor(ev.inception, device, world)
+    if world.root:
+        log.info("--eval-every %d: against %s, the %s split", ev.eval_every, reference, which)
+    return Evaluator(reference, ev.eval_num, cfg.eval_metrics, extractor, world, ev.eval_real_num,
+                     seed=cfg.schedule.seed)

@@ -30,7 +30,8 @@ from ..dist import stop, watchdog
 from ..errors import HvdganError
 from ..models.zoo import grid_labels
 from .checkpointer import NON_FINITE_ADVICE
-from .runlog import features8, frechet_distance, gaussian, save_grid
+from .collapse import COLLAPSE_FRACTION, CollapseWatch
+from .runlog import features8, frechet_distance, gaussian, read_metrics, save_grid
 
 log = logging.getLogger("hvdgan")
 FD_SAMPLES = 512  # generated images for the 8x8 Frechet distance at each sample step
@@ -187,7 +188,7 @@ class Preempt(Action):
 
 class Sample(Action):
     """Rank 0: the fixed-noise grid from G's EMA (8 x 8, or one row of 8 per class when conditional), and
-    the 8x8 Frechet distance of FD_SAMPLES images to the real data."""
+    the 8x8 Frechet distance of FD_SAMPLES images to the real data, and their diversity (collapse.py)."""
 
     def __init__(self, trainer):
         super().__init__("sample", trainer.cfg.output.sample_every)
@@ -198,7 +199,12 @@ class Sample(Action):
         self.fixed_labels = grid_labels(t.classes, 8) if t.classes else None
         self.fixed_noise = torch.randn(8 * t.classes if t.classes else 64, cfg.network.nz, 1, 1,
                                        generator=torch.Generator().manual_seed(cfg.schedule.seed))
-        self.real_stats = gaussian(features8(to_float(self.real_sample(), "cpu")))
+        real, labels = self.real_sample()
+        real = to_float(real, "cpu")
+        self.real_stats = gaussian(features8(real))
+        self.collapse = CollapseWatch(real, labels if t.classes else None, t.reader.manifest.labels)
+        self.collapse.was_diverse = any(r.get("diversity", 0) >= COLLAPSE_FRACTION  # (a resumed run's history)
+                                        for r in read_metrics(t.out / "metrics.jsonl"))
         if t.state.step == 0:
             self.run(Tick(0, False, False))
 
@@ -222,20 +228,26 @@ class Sample(Action):
         shutil.copyfile(step_png, samples / "latest.png")
         t.runlog.image("samples", grid, tick.step)
         fd = frechet_distance(gaussian(features8(fakes)), self.real_stats)
-        t.runlog.write({"step": tick.step, "epoch": t.state.epoch, "fd8": fd})
+        labels = every_class.repeat(FD_SAMPLES // 128) if t.classes else None
+        record = {"step": tick.step, "fd8": fd, **self.collapse.check(fakes, labels, tick.step, tick.last)}
+        t.quality.update(record)
+        t.runlog.write({"step": tick.step, "epoch": t.state.epoch, **record})
 
-    def real_sample(self, limit: int = 2048) -> torch.Tensor:
-        """Up to `limit` real images (uint8) for the Frechet-distance reference."""
+    def real_sample(self, limit: int = 2048) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Up to `limit` real images (uint8) and their labels, for the Frechet distance's and the diversity's
+        references."""
         t = self.trainer
         reader = ShardedReader(t.cfg.dataset.data, rank=0, size=1, seed=t.cfg.schedule.seed, in_memory=False,
                                batch_size=min(256, t.reader.manifest.count))
-        chunks, n = [], 0
-        for images, _ in reader.epoch(0):
+        chunks, label_chunks, n = [], [], 0
+        for images, labels in reader.epoch(0):
             chunks.append(images)
+            label_chunks.append(labels)
             n += len(images)
             if n >= limit:
                 break
-        return torch.cat(chunks)[:limit]
+        labels = torch.cat(label_chunks)[:limit] if label_chunks[0] is not None else None
+        return torch.cat(chunks)[:limit], labels
 
 
 class Evaluate(Action):
@@ -249,6 +261,7 @@ class Evaluate(Action):
         t = self.trainer
         result = t.evaluator.evaluate(t.gan)
         if t.world.root:
+            t.quality.update(step=tick.step, **{k: v for k, v in result.items() if k != "eval_seconds"})
             t.runlog.write({"step": tick.step, "epoch": t.state.epoch, **result})
             log.info("step %d: %s (%.0f s)", tick.step, ", ".join(f"{k} {v:.4g}" for k, v in result.items()
                                                                    if k != "eval_seconds"), result["eval_seconds"])

@@ -100,6 +100,7 @@ class Trainer:
         self.runlog: RunLog | None = None  # rank 0's, from run() on
         self.actions = periodic.standard(self) + list(actions)
         self.result = {"status": "done"}
+        self.quality: dict = {}  # rank 0's latest fd8 and diversity (Sample), FID, precision, recall (Evaluate)
         self.time_data = 0.0  # of the log window: waiting for batches and moving them to the device
 
     # ----------------------------------------------------------------------------------- the loop
@@ -175,7 +176,8 @@ class Trainer:
                     if result["status"] == "done" else None)
             last = self.checkpoints.last
             result.update(step=self.state.step, out=str(self.out), checkpoint=str(last) if last else None,
-                          samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None)
+                          samples=str(self.out / "samples" / "latest.png"), plot=str(plot) if plot else None,
+                          quality=self.quality)
             write_result(self.out, result)
             made = {"samples": result["samples"], "loss plot": result["plot"], "checkpoint": last}
             log.info("%s at step %d: %s", result["status"], self.state.step,  # (what is there: no "None")

@@ -121,8 +121,11 @@ def plot_losses(metrics_path: Path, out_png: Path) -> Path | None:
 
 
 def loss_figure(every: list[dict]):
-    """The loss plot of metrics.jsonl's records (None without a logged step): losses with the 8x8 Frechet
-    distance on a second axis, D's outputs with the Inception FID; one legend per panel names every line."""
+    """The plot of metrics.jsonl's records (None without a logged step): losses with the 8x8 Frechet distance
+    on a second axis; D's outputs; quality: Inception FID with precision, recall and the samples' diversity
+    (collapse.py, its warning level dotted) on a second axis. One legend per panel names every line."""
+    from .collapse import COLLAPSE_FRACTION
+
     records = [r for r in every if "loss_d" in r]
     if not records:
         return None
@@ -131,21 +134,36 @@ def loss_figure(every: list[dict]):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def series(key):
+        return list(zip(*[(r["step"], r[key]) for r in every if key in r])) or [[], []]
+
     steps = [r["step"] for r in records]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4))
     ax1.plot(steps, [r["loss_d"] for r in records], label="D loss")
     ax1.plot(steps, [r["loss_g"] for r in records], label="G loss")
     ax1.set_xlabel("step"), ax1.set_title("losses (mean over ranks)")
     ax2.plot(steps, [r["d_real"] for r in records], label="D(x)")
     ax2.plot(steps, [r["d_fake"] for r in records], label="D(G(z))")
     ax2.set_xlabel("step"), ax2.set_ylim(0, 1), ax2.set_title("discriminator outputs")
-    for ax, key, style, label in ((ax1, "fd8", "k.--", "FD (8x8)"), (ax2, "fid", "rs-", "FID (Inception)")):
-        points = [(r["step"], r[key]) for r in every if key in r]
-        top = ax
-        if points:  # on a second axis, drawn over the first: the panel's one legend goes there
-            top = ax.twinx()
-            top.plot(*zip(*points), style, label=label)
-            top.set_ylabel(label)
-        top.legend(handles=[*ax.get_lines(), *(top.get_lines() if top is not ax else [])], loc="best")
+    ax3.set_xlabel("step"), ax3.set_ylabel("FID"), ax3.set_title("sample quality")
+    if series("fid")[0]:
+        ax3.plot(*series("fid"), "rs-", label="FID (Inception)")
+    ax2.legend(loc="best")
+    if series("fd8")[0]:  # on a second axis, drawn over the first: the panel's one legend goes there
+        top = ax1.twinx()
+        top.plot(*series("fd8"), "k.--", label="FD (8x8)")
+        top.set_ylabel("FD (8x8)")
+        top.legend(handles=[*ax1.get_lines(), *top.get_lines()], loc="best")
+    else:
+        ax1.legend(loc="best")
+    right = ax3.twinx()  # ratios, 0 to 1 and a little over
+    for key, style, label in (("precision", "b^-", "precision"), ("recall", "gv-", "recall"),
+                              ("diversity", "m.-", "diversity / real")):
+        if series(key)[0]:
+            right.plot(*series(key), style, label=label)
+    right.axhline(COLLAPSE_FRACTION, color="m", linestyle=":", label="collapse warning")
+    right.set_ylim(0, max([1.2, *series("diversity")[1]]))
+    right.set_ylabel("precision, recall, diversity (ratios)")
+    right.legend(handles=[*ax3.get_lines(), *right.get_lines()], loc="best", fontsize="small")
     fig.tight_layout()
     return fig
