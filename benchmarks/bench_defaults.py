@@ -15,7 +15,8 @@ Inception features are cached in DATA/holdout/eval-cache by the floor). K = min(
 Ratios to the floor make the data sets comparable (FID at K = 1,000 is biased upwards, and by how much
 depends on the data). Objective: the worst data set's FID / floor (lower is better) among the settings whose
 recall is at least 0.6x the floor's on every data set. Target: FID <= 3x floor and recall >= 0.6x floor on
-every data set. Results go to WORK/results.jsonl as they come; a rerun skips what is there (--fresh: not).
+every data set. Results go to WORK/results.jsonl as they come; a rerun skips what is there (--fresh: not), and
+--report prints the tables of what is there (a sweep cut short: the settings it finished are judged).
 """
 
 from __future__ import annotations
@@ -138,8 +139,13 @@ def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str],
                      f"{rr[1]:.2f} ({rr[2]}) | {'yes' if ok else 'no'} | {'met' if hit else 'missed'} |")
         if complete:
             judged.append((not ok, fr[0], sname))
-    winner = min(judged)[2] if judged else None
-    return lines, winner
+    winner = min(judged) if judged else None
+    if winner is None:
+        lines.append("\nno setting has run on every data set yet: no winner")
+    else:
+        least = " (none keeps recall >= 0.6x floor everywhere: the least bad)" if winner[0] else ""
+        lines.append(f"\nwinner by the worst data set's FID/floor, recall >= 0.6x floor first: {winner[2]}{least}")
+    return lines, winner and winner[2]
 
 
 def main(argv=None) -> None:
@@ -153,6 +159,7 @@ def main(argv=None) -> None:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="as bench_quality.py's --clock")
     ap.add_argument("-n", "--num", type=int, default=1000, help="K: generated (and real) images per score")
     ap.add_argument("--fresh", action="store_true", help="forget WORK/results.jsonl's earlier results")
+    ap.add_argument("--report", action="store_true", help="only the tables of WORK/results.jsonl (run nothing)")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -167,10 +174,10 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     print(f"{len(sets)} data sets x {len(names)} settings, {args.budget:.0f} {args.clock} s per run on 2 ranks, "
           f"K = {args.num}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-    measure(work, sets, names, args.budget, args.clock, args.num, done)
-    lines, winner = summarise(done, sets, names)
+    if not args.report:
+        measure(work, sets, names, args.budget, args.clock, args.num, done)
+    lines, _ = summarise(done, sets, names)
     print("\n" + "\n".join(lines))
-    print(f"\nwinner by the worst data set's FID/floor (recall >= {RECALL_TARGET}x floor first): {winner}")
     print(f"sweep wall time {time.perf_counter() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
 
 
