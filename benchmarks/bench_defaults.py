@@ -73,8 +73,8 @@ def prepared(name: str, work: Path) -> tuple[str, int]:
 
 
 def measure(work: Path, sets: list[str], names: list[str], budget: float, clock: str, num: int, done: dict) -> None:
-    """Floors, then settings in order (all data sets of one setting before the next: a sweep cut short still
-    judges the settings it finished); each result appended to WORK/results.jsonl."""
+    """Floors, then each data set in turn with every setting (a sweep cut short still compares all the settings
+    on the data sets it finished); each result appended to WORK/results.jsonl."""
     log = (work / "results.jsonl").open("a")
 
     def record(row: dict) -> None:
@@ -91,12 +91,11 @@ def measure(work: Path, sets: list[str], names: list[str], budget: float, clock:
             m = hvdgan_evaluate(["--real", data[name], "--real", f"{data[name]}/holdout", "--real-num", str(k)],
                                 work / f"floor-{name}.json")
             record(dict(set=name, setting="floor", k=k, **m))
-    for sname in names:
-        values = setting(sname)
-        for name in sets:
+    for name in sets:
+        for sname in names:
             if (name, sname) in done:
                 continue
-            k = done[(name, "floor")]["k"]
+            values, k = setting(sname), done[(name, "floor")]["k"]
             out = work / "runs" / f"{name}-{sname}"
             result = bench_quality.train_setting(sname, values, data[name], out, budget, 2, clock)
             m = hvdgan_evaluate([result["checkpoint"], "--data", f"{data[name]}/holdout", "-n", str(k),
@@ -106,10 +105,11 @@ def measure(work: Path, sets: list[str], names: list[str], budget: float, clock:
 
 
 def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str], str | None]:
-    """The markdown tables (per run; per setting, its worst data set) and the winner by the objective."""
+    """The markdown tables (per run; per setting, its worst data set) and the winner by the objective. Settings
+    are compared over the data sets that every one of them finished (all of them, unless the sweep was cut)."""
     lines = ["| data set | setting | G steps | FID | precision | recall | FID/floor | recall/floor |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    worst = {}
+    ratios = {}  # setting -> {data set: (FID / floor, recall / floor)}
     for name in sets:
         floor = done.get((name, "floor"))
         if floor is None:
@@ -121,30 +121,33 @@ def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str],
             if row is None:
                 continue
             fr, rr = row["fid"] / floor["fid"], row["recall"] / floor["recall"]
-            worst.setdefault(sname, []).append((fr, rr, name))
+            ratios.setdefault(sname, {})[name] = (fr, rr)
             lines.append(f"| {name} | {sname} | {row['steps']:,} | {row['fid']:.2f} | {row['precision']:.3f} | "
                          f"{row['recall']:.3f} | {fr:.2f} | {rr:.2f} |")
-    lines += ["", "| setting | data sets | worst FID/floor | worst recall/floor | recall >= 0.6x everywhere | "
+    common = [s for s in sets if ratios and all(s in r for r in ratios.values())]
+    cut = len(common) < len(sets)
+    lines += ["", f"Over {'the data sets every setting finished: ' if cut else ''}{', '.join(common) or 'none'}:", "",
+              "| setting | data sets | worst FID/floor | worst recall/floor | recall >= 0.6x everywhere | "
               "target (FID <= 3x, recall >= 0.6x) |", "|---|---:|---:|---:|---|---|"]
     judged = []
-    for sname in names:
-        ratios = worst.get(sname)
-        if not ratios:
-            continue
-        fr, rr = max(ratios), min(ratios, key=lambda r: r[1])  # (FID ratio, recall ratio, data set)
-        complete = len(ratios) == len([s for s in sets if (s, "floor") in done])
-        ok = rr[1] >= RECALL_TARGET
-        hit = ok and fr[0] <= FID_TARGET
-        lines.append(f"| {sname} | {len(ratios)}{'' if complete else ' (incomplete)'} | {fr[0]:.2f} ({fr[2]}) | "
-                     f"{rr[1]:.2f} ({rr[2]}) | {'yes' if ok else 'no'} | {'met' if hit else 'missed'} |")
-        if complete:
-            judged.append((not ok, fr[0], sname))
+    for sname, r in ratios.items():
+        if not common:
+            break
+        fset = max(common, key=lambda s: r[s][0])
+        rset = min(common, key=lambda s: r[s][1])
+        ok = r[rset][1] >= RECALL_TARGET
+        hit = ok and r[fset][0] <= FID_TARGET
+        lines.append(f"| {sname} | {len(common)} | {r[fset][0]:.2f} ({fset}) | {r[rset][1]:.2f} ({rset}) | "
+                     f"{'yes' if ok else 'no'} | {'met' if hit else 'missed'} |")
+        judged.append((not ok, r[fset][0], sname))
     winner = min(judged) if judged else None
     if winner is None:
-        lines.append("\nno setting has run on every data set yet: no winner")
+        lines.append("\nno data set has results for every setting yet: no winner")
     else:
         least = " (none keeps recall >= 0.6x floor everywhere: the least bad)" if winner[0] else ""
-        lines.append(f"\nwinner by the worst data set's FID/floor, recall >= 0.6x floor first: {winner[2]}{least}")
+        over = f" (over {', '.join(common)} only: the sweep was cut short)" if cut else ""
+        lines.append(f"\nwinner by the worst data set's FID/floor, recall >= 0.6x floor first: {winner[2]}"
+                     f"{least}{over}")
     return lines, winner and winner[2]
 
 

@@ -148,7 +148,7 @@ def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
     bench_defaults = load_bench("bench_defaults")
     floor = dict(setting="floor", k=1000, fid=10.0, precision=0.8, recall=0.8)
     done = {("a", "floor"): floor, ("b", "floor"): dict(floor, fid=5.0)}
-    for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.7, 25, 0.2), ("z", 11, 0.8, 16, 0.6)):
+    for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.6, 25, 0.2), ("z", 11, 0.8, 16, 0.6)):
         done[("a", s)] = dict(steps=100, fid=fa, precision=0.5, recall=ra)
         done[("b", s)] = dict(steps=100, fid=fb, precision=0.5, recall=rb)
     lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", "z"])
@@ -156,3 +156,8 @@ def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
     assert winner == "z", lines
     assert "| y | 2 | 5.00 (b) | 0.25 (b) | no | missed |" in lines, lines
     assert "| z | 2 | 3.20 (b) | 0.75 (b) | yes | missed |" in lines, lines
+    # a sweep cut short (y did not run on b): all three are compared on a alone, where z is best
+    del done[("b", "y")]
+    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", "z"])
+    assert winner == "z" and "| y | 1 | 1.20 (a) | 0.75 (a) | yes | met |" in lines, lines
+    assert lines[-1].endswith("(over a only: the sweep was cut short)"), lines
