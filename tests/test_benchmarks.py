@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +100,64 @@ def test_bench_conditional_smoke_classifies_the_samples():
     assert re.search(r"classifier accuracy on held-out real digits: 0\.9\d", out), out
     assert re.search(r"accuracy on generated digits .*: [\d.]+ +chance 0.100", out), out
     assert re.search(r"variety within a class .*: [\d.]+$", out, re.M), out
+
+
+def load_bench(name: str):
+    """A benchmark script as a module (benchmarks/ on sys.path, as when it runs: they import each other)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_sets_mnist_is_5000_real_padded_digits():
+    sets = load_bench("quality_sets")
+    d = sets.mnist()
+    images, labels = d["images"], d["labels"]
+    assert images.shape == (5000, 1, 32, 32) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [500] * 10
+    assert not images[:, :, :2].any() and not images[:, :, :, -2:].any()  # the padding is black
+    ink = (images > 127).mean(axis=(1, 2, 3))
+    assert ink.min() > 0.02 and images.std(axis=(1, 2, 3)).min() > 20  # every image has strokes
+
+
+def test_quality_sets_photos_are_rgb_patches_of_two_photographs(tmp_path):
+    sets = load_bench("quality_sets")
+    d = sets.photos()
+    images, labels = d["images"], d["labels"]
+    assert images.shape == (2686, 3, 32, 32) and images.dtype == np.uint8
+    assert labels.dtype == np.int64 and set(labels.tolist()) == {0, 1}
+    assert d["label_names"].tolist() == ["china", "flower"]
+    assert np.median(images.std(axis=(1, 2, 3))) > 10  # texture, not flat colour
+    assert (images[:, 0] != images[:, 2]).mean() > 0.5  # colour, not grey in three channels
+    assert len(np.unique(images.reshape(len(images), -1), axis=0)) == len(images)  # no two patches alike
+    # the 2x2 block mean, and the patch grid
+    assert sets.downscale(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), 2)[..., 0].tolist() == [[2, 4], [10, 12]]
+    assert sets.patches_of(np.zeros((40, 48, 3), np.uint8), 8).shape == (2 * 3, 3, 32, 32)
+
+    from hvdgan.data import open_source
+
+    src = open_source(sets.source("photos", tmp_path), size=32)  # what `hvdgan prepare` reads
+    assert (src.count, src.channels, src.label_names) == (2686, 3, ["china", "flower"])
+    assert sets.source("digits", tmp_path) == "digits"
+
+
+def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
+    bench_defaults = load_bench("bench_defaults")
+    floor = dict(setting="floor", k=1000, fid=10.0, precision=0.8, recall=0.8)
+    done = {("a", "floor"): floor, ("b", "floor"): dict(floor, fid=5.0)}
+    for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.6, 25, 0.2), ("z", 11, 0.8, 16, 0.6)):
+        done[("a", s)] = dict(steps=100, fid=fa, precision=0.5, recall=ra)
+        done[("b", s)] = dict(steps=100, fid=fb, precision=0.5, recall=rb)
+    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", "z"])
+    # y's worst FID (5.0x) beats x's (8.0x), but its recall fails on b; z: 3.2x, recall 0.75x
+    assert winner == "z", lines
+    assert "| y | 2 | 5.00 (b) | 0.25 (b) | no | missed |" in lines, lines
+    assert "| z | 2 | 3.20 (b) | 0.75 (b) | yes | missed |" in lines, lines
+    # a sweep cut short (y did not run on b): all three are compared on a alone, where z is best
+    del done[("b", "y")]
+    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", "z"])
+    assert winner == "z" and "| y | 1 | 1.20 (a) | 0.75 (a) | yes | met |" in lines, lines
+    assert lines[-1].endswith("(over a only: the sweep was cut short)"), lines
