@@ -15,9 +15,10 @@ setup-test:
 	HVDGAN_SYSTEM_PACKAGES="$(TEST_PACKAGES)" bash scripts/setup.sh
 
 data/digits/manifest.json: | setup
-	$(VENV)/bin/hvdgan prepare digits data/digits
+	$(VENV)/bin/hvdgan prepare digits data/digits --holdout 50%
 
-# Train on the embedded digits (scikit-learn's 1,797 real 8x8 digits, upscaled to 32x32) on $(NP) ranks.
+# Train on the embedded digits (scikit-learn's 1,797 real 8x8 digits, upscaled to 32x32; half held out for
+# evaluation) on $(NP) ranks.
 # Idempotent: a second run resumes the finished run and only re-prints where the results are.
 demo: setup data/digits/manifest.json
 	$(VENV)/bin/horovodrun -np $(NP) -H localhost:$(NP) $(VENV)/bin/hvdgan train --job jobs/digits-demo.yaml --resume auto
