@@ -66,7 +66,7 @@ class CollapseWatch:
         if ratios[worst] >= COLLAPSE_FRACTION:
             self.was_diverse = True
         elif self.was_diverse or last:
-            log.warning("step %d: G's samples%s differ %.2fx as much as real images do (a warning below %.2f): "
+            log.warning("step %d: G's samples%s differ %.3gx as much as real images do (a warning below %.3g): "
                         "G may be collapsing to a few images; see docs/evaluation.md, \"Collapse\"", step, where,
                         ratios[worst], COLLAPSE_FRACTION)
         return out
