@@ -53,10 +53,12 @@ def steps_done(out: Path) -> int:
     return last
 
 
-def result(out: Path) -> dict:
-    """The run's result.json. Preferred to the launcher's output for what rank 0 logs: mpirun forwards each
-    rank's stream in chunks, and another rank's line can land inside one of rank 0's."""
-    return json.loads((out / "result.json").read_text())
+def stopped(out: Path) -> dict:
+    """How the run's result.json says it stopped (status, signal, step, seen_by). Preferred to the launcher's
+    output for what rank 0 logs: mpirun forwards each rank's stream in chunks, and another rank's line can
+    land inside one of rank 0's."""
+    result = json.loads((out / "result.json").read_text())
+    return {k: result.get(k) for k in ("status", "signal", "step", "seen_by")}
 
 
 def logged_steps(out: Path) -> list[int]:

@@ -20,7 +20,7 @@ import torch
 
 from conftest import HVDGAN, ROOT, launch, run_env
 from faults import (DEMO, EXIT_STOPPED, N, assert_same_final, catches, checkpoints, job_args, kill_group, logged_steps,
-                    rank_pids, reference, result, start, start_launch, steps_done, wait_exit, wait_for)  # noqa: F401
+                    rank_pids, reference, start, start_launch, steps_done, stopped, wait_exit, wait_for)  # noqa: F401
 
 # `hvdgan launch` FLAGS per launcher it composes
 LAUNCH_FLAGS = {"mpi": ["--mpi"], "gloo": ["--gloo"], "mpirun": ["--launcher", "mpirun"]}
@@ -44,7 +44,7 @@ def test_usr1_to_one_rank_mid_run_stops_every_rank_at_one_step(digits, reference
     last = steps_done(out)
     assert 3 <= last < N, text[-4000:]
     assert checkpoints(out)[-1] == last, (checkpoints(out), last)  # the last completed step, nothing lost
-    assert result(out) == {"status": "preempted", "signal": "a signal on another rank", "step": last,
+    assert stopped(out) == {"status": "preempted", "signal": "a signal on another rank", "step": last,
                            "seen_by": [1]}, text[-4000:]
     print(f"USR1 to rank 1 at step >= 3: every rank stopped at step {last}, checkpoint {to_ckpt:.1f}s and "
           f"exit 75 {to_ckpt + seconds:.1f}s after the signal")
@@ -230,7 +230,7 @@ def test_term_to_the_launcher_checkpoints_and_leaves_no_rank(digits, tmp_path, l
     rc, text, seconds = signal_the_launcher(proc, out, [signal.SIGTERM])
     last = steps_done(out)
     assert checkpoints(out)[-1] == last, text[-4000:]
-    assert result(out) == {"status": "preempted", "signal": "SIGTERM", "step": last, "seen_by": [0, 1]}, text[-4000:]
+    assert stopped(out) == {"status": "preempted", "signal": "SIGTERM", "step": last, "seen_by": [0, 1]}, text[-4000:]
     print(f"{launcher}: TERM to the launcher: checkpoint of step {last}, every rank gone {seconds:.1f}s "
           f"later, launcher status {rc}")
 

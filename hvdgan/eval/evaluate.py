@@ -154,7 +154,8 @@ def reference_of(path: Path) -> str:
 
 def split_of(data, split: str = "auto") -> tuple[list[str], str]:
     """([the reference dataset], which split it is): DATA's held-out split (`hvdgan prepare --holdout`) unless
-    `split` is "train" or there is none; images G was trained on flatter a G that memorised them."""
+    `split` is "train" or there is none (scored against its own training images, a G that memorised a few of
+    them looks good)."""
     from ..data import HOLDOUT, MANIFEST
 
     held = Path(data) / HOLDOUT

@@ -72,7 +72,6 @@ class Expected:
 # -------------------------------------------------------------------------------- dataset features
 def read_rows(m, a: int, b: int) -> torch.Tensor:
     """Images a..b-1 of a dataset in its global row order (shard by shard), as uint8 [b-a, C, H, W]."""
-
     out = np.empty((b - a, m.channels, m.height, m.width), dtype=np.uint8)
     offsets = m.offsets
     for i, rec in enumerate(m.shards):
