@@ -264,8 +264,6 @@ def test_training_evaluates_keeps_the_best_and_evaluate_agrees(tmp_path):
     assert one["features"]["format"] == "fid-helper" and one["features"]["sha1"] == inception.BUNDLED_SHA1
     assert two["metrics"]["fid"] == pytest.approx(one["metrics"]["fid"], rel=1e-5)
     assert one["metrics"]["fid"] == pytest.approx(best["fid"], rel=1e-4)  # the run's EMA, noise and reals
-    train = json.loads(hvdgan(*args, "--split", "train", timeout=600).stdout)
-    assert (train["split"], train["real"]) == ("training", str(data)) and train["metrics"]["fid"] != one["metrics"]["fid"]
 
 
 @pytest.mark.slow
