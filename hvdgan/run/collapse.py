@@ -4,8 +4,9 @@ images do (docs/evaluation.md, "Collapse").
 The statistic is the mean pairwise distance of the 8x8 grey thumbnails (runlog.features8, the space of the
 8x8 Frechet distance), per class for a conditional G: a G that ignores z draws one image per class, whose
 distance to itself is 0, however good that image looks. Its ratio to the real images' own spread, for the
-class where it is lowest, is logged as `diversity` at every sample step; below COLLAPSE_FRACTION, the log
-says so. The samples are the sample step's fixed-seed ones: nothing here draws from a random stream
+class where it is lowest, is logged as `diversity` at every sample step. The log warns when it falls below
+COLLAPSE_FRACTION after having been above it, and at the last step whenever it is below: an untrained G
+draws nearly one image per class too (its first few hundred steps), and that is no collapse. The samples are the sample step's fixed-seed ones: nothing here draws from a random stream
 (a resumed run stays exact).
 """
 
@@ -25,7 +26,8 @@ COLLAPSE_FRACTION = 0.35
 
 
 def spread(feats: np.ndarray) -> float:
-    """The mean distance between two different rows of `feats` [N, D] (N >= 2), in O(N^2 D) memory-light."""
+    """The mean distance between two different rows of `feats` [N, D] (N >= 2), from one Gram matrix (hvdgan
+    itself does not depend on SciPy's pdist)."""
     sq = (feats * feats).sum(1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * feats @ feats.T, 0.0)
     n = len(feats)
