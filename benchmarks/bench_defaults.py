@@ -61,13 +61,18 @@ def hvdgan_evaluate(args: list[str], out: Path) -> dict:
 
 
 def prepared(name: str, work: Path) -> tuple[str, int]:
-    """The data set's directory (training half; held-out half in DIR/holdout), prepared once; its held-out count."""
+    """The data set's directory (training half; held-out half in DIR/holdout, at random or by region as
+    quality_sets says), prepared once; its held-out count."""
     from hvdgan.data import HOLDOUT, open_manifest
     from hvdgan.prepare import prepare
 
     data = work / "data" / name
     if not (data / HOLDOUT / "manifest.json").exists():
-        prepare(quality_sets.source(name, work / "sets"), str(data), holdout="50%", overwrite=True, progress=False)
+        held = quality_sets.holdout_source(name, work / "sets")  # (patch sets: split by region, not at random)
+        prepare(quality_sets.source(name, work / "sets"), str(data), holdout=None if held else "50%", overwrite=True,
+                progress=False)
+        if held:
+            prepare(held, str(data / HOLDOUT), overwrite=True, progress=False)
     return str(data), open_manifest(data / HOLDOUT).count
 
 
@@ -153,7 +158,7 @@ def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str],
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", required=True, help="data sets, runs and results.jsonl (kept: a rerun resumes)")
-    ap.add_argument("--set", action="append", choices=quality_sets.SETS, dest="sets",
+    ap.add_argument("--set", action="append", choices=quality_sets.ALL_SETS, dest="sets",
                     help=f"data set(s) (default: {', '.join(quality_sets.SETS)})")
     ap.add_argument("--setting", action="append", dest="names", help="dcgan-demo, demo, a bench_quality candidate "
                     f"or NAME=\"key: value, ...\" (default, in this order: {', '.join(DEFAULT_SETTINGS)})")

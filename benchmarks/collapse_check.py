@@ -2,13 +2,13 @@
 from, and a real data set beyond the sweep, made as a new user would make one (a folder of PNGs).
 
     .venv/bin/python benchmarks/collapse_check.py runs /tmp/defaults          # diversity of each sweep run
-    pip download scikit-image==0.26.0 --no-deps -d /tmp/skw && unzip -o /tmp/skw/*.whl 'skimage/data/*.png' -d /tmp/skw
-    .venv/bin/python benchmarks/collapse_check.py textures /tmp/skw/skimage/data /tmp/textures
+    .venv/bin/python benchmarks/collapse_check.py textures /tmp/textures
 
 `runs WORK`: each run's final checkpoint in WORK/runs/SET-SETTING (bench_defaults.py's layout): 512 samples of
 its EMA G, the classes in turn, against the training half's first 2,048 images, as the sample step measures
-them. `textures PNG_DIR OUT`: 32x32 patches every 16 pixels of brick.png, grass.png and gravel.png, at full and
-half size, as OUT/<texture>/NNNNN.png (1,186 each).
+them. `textures OUT`: 32x32 patches every 16 pixels of scikit-image's brick, grass and gravel photographs, at
+full and half size, as OUT/<texture>/NNNNN.png (1,186 each), to be split at random by `hvdgan prepare
+--holdout` as a user would (bench_defaults' `--set textures` splits them by region instead: quality_sets.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TEXTURES = ("brick", "grass", "gravel")
 
 
 def runs(work: Path) -> None:
@@ -46,11 +45,15 @@ def runs(work: Path) -> None:
         print(f"{run.name}: {found[-1].name}: {watch.check(fakes, y, 1)}", flush=True)
 
 
-def textures(png_dir: Path, out: Path) -> None:
+def textures(out: Path) -> None:
+    import numpy as np
+    import skimage.data
     from PIL import Image
 
-    for name in TEXTURES:
-        image = Image.open(png_dir / f"{name}.png").convert("L")
+    import quality_sets  # (benchmarks/, this script's folder)
+
+    for name in quality_sets.TEXTURES:
+        image = Image.fromarray(np.asarray(getattr(skimage.data, name)()))
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         k = 0
@@ -67,11 +70,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("runs").add_argument("work", type=Path)
-    t = sub.add_parser("textures")
-    t.add_argument("png_dir", type=Path)
-    t.add_argument("out", type=Path)
+    sub.add_parser("textures").add_argument("out", type=Path)
     args = ap.parse_args(argv)
-    runs(args.work) if args.what == "runs" else textures(args.png_dir, args.out)
+    runs(args.work) if args.what == "runs" else textures(args.out)
 
 
 if __name__ == "__main__":

