@@ -4,7 +4,8 @@
     2. D scores real and fake images (the fakes detached: G's gradients are not computed), both
        through DiffAugment when --augment is set; every --r1-every steps plus R1 on the reals
     3. D's update: backward all-reduces D's gradients (Horovod hooks), step() waits for them
-    4. G's loss through D, with D frozen, so that only G's hooks fire (hvd#796, #2559)
+    4. G's loss through D, with D frozen, so that only G's hooks fire (hvd#796, #2559); with
+       --mode-seeking plus MSGAN's term
     5. G's update, then G's moving average (EMA) for samples
 
 The Horovod lines are marked `# hvd:`. Everything else is plain PyTorch.
@@ -49,6 +50,21 @@ def r1_penalty(real_logits: torch.Tensor, real_in: torch.Tensor) -> torch.Tensor
     (penalty included) are all-reduced once, by loss_d.backward()."""
     (grad,) = torch.autograd.grad(real_logits.sum(), real_in, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()
+
+
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor, y: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019): 1 / (eps + r), r the mean over pairs of fakes of one class of their
+    images' mean absolute difference over their noises'. A G that ignores z within a class has r near 0 and
+    a large term. Over every such pair of the batch (masks, not indexing: no device sync); 0 without one."""
+    x, n = fake.float().flatten(1), z.to(fake.device).float().flatten(1)
+    ratio = (torch.cdist(x, x, p=1) / x.shape[1]) / (torch.cdist(n, n, p=1) / n.shape[1]).clamp_min(eps)
+    pairs = torch.ones_like(ratio, dtype=torch.bool).triu(1)
+    if y is not None:
+        y = y.to(fake.device)
+        pairs = pairs & (y[:, None] == y[None, :])
+    count = pairs.sum()
+    r = torch.where(pairs, ratio, 0).sum() / count.clamp_min(1)
+    return torch.where(count > 0, 1 / (r + eps), 0)
 
 
 @contextlib.contextmanager
@@ -212,6 +228,8 @@ class GAN:
             with frozen(self.D), self.autocast():
                 gen_logits = self.D(aug(fake), *cond).float()
                 loss_g = g_loss(settings.loss, gen_logits)
+                if settings.mode_seeking:  # G's noise must matter within a class
+                    loss_g = loss_g + settings.mode_seeking * mode_seeking(fake, z, *cond)
             self.opt_g.zero_grad()  # (set_to_none, the torch default)
             loss_g.backward()
             # 5. G's update and its moving average

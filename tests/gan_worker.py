@@ -154,7 +154,8 @@ def resnet(directory, data=None):
         syncbn(f"{directory}/np{hvd.size()}-local-dcgan-cond.pt", "8", "0", "dcgan-cond", "float64")
     if data:
         train(data, f"{directory}/run", 'model="resnet"', "ngf=4", "ndf=4", "nz=16", "conditional=true",
-              'augment="translation,cutout,color"', "r1=1.0", "r1_every=2", "d_steps=2", "max_steps=3")
+              'augment="translation,cutout,color"', "r1=1.0", "r1_every=2", "mode_seeking=1.0", "d_steps=2",
+              "max_steps=3")
         traffic(f"{directory}/traffic.json", "0", "resnet-cond")  # (last: it leaves its spy in place)
 
 

@@ -161,6 +161,28 @@ def test_augment_policy_and_model_options_are_checked():
     assert loss(model="resnet") == "hinge" and loss() == "bce" and loss(model="resnet", loss="bce") == "bce"
     with pytest.raises(HvdganError, match="r1_every: must be >= 1"):
         build_config({"data": "d", "r1_every": 0})
+    with pytest.raises(HvdganError, match="mode_seeking: must be >= 0"):
+        build_config({"data": "d", "mode_seeking": -1})
+    assert resolve(build_config({"data": "d", "device": "cpu", "mode_seeking": 0.5}), World(), facts).gan.mode_seeking == 0.5
+
+
+def test_mode_seeking_is_msgans_ratio_over_the_pairs_of_one_class():
+    from hvdgan.gan import mode_seeking
+
+    torch.manual_seed(0)
+    x, z, y = torch.randn(6, 1, 4, 4), torch.randn(6, 3, 1, 1), torch.tensor([0, 1, 0, 2, 1, 0])
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6) if y[i] == y[j]]  # 4 pairs of one class
+    r = sum((x[i] - x[j]).abs().mean() / (z[i] - z[j]).abs().mean() for i, j in pairs) / len(pairs)
+    assert torch.allclose(mode_seeking(x, z, y), 1 / (r + 1e-5))
+    everyone = [(i, j) for i in range(6) for j in range(i + 1, 6)]  # unconditional: every pair
+    r = sum((x[i] - x[j]).abs().mean() / (z[i] - z[j]).abs().mean() for i, j in everyone) / len(everyone)
+    assert torch.allclose(mode_seeking(x, z), 1 / (r + 1e-5))
+    # a G that ignores z within a class: the term is large, and its gradient pushes the images apart
+    same = x[y].clone().requires_grad_(True)  # image k for every fake of class k
+    assert mode_seeking(same, z, y) > 1e3 * mode_seeking(x, z, y)
+    apart = torch.randn_like(same) * 1e-2
+    assert mode_seeking(same.detach() + apart, z, y) < mode_seeking(same, z, y)
+    assert mode_seeking(x, z, torch.arange(6)) == 0  # no two fakes of one class: nothing to compare
 
 
 # ---------------------------------------------------------------------------------------- Horovod

@@ -99,13 +99,16 @@ class NetworkOptions:
 
 @dataclass(frozen=True)
 class RegularisationOptions:
-    """What D sees and is penalised for."""
+    """What D sees and is penalised for, and what G is."""
 
     augment: str = option("", "DiffAugment policy for D's real and fake inputs: comma-separated translation, "
                           "cutout, color.", check=parses(_policy))
     r1: float = option(0.0, "R1 gradient penalty weight (gamma) on real images (0: off).", check=at_least(0))
     r1_every: int = option(16, "Lazy R1: apply the penalty every N discriminator steps (scaled by N).",
                            check=at_least(1))
+    mode_seeking: float = option(0.0, "Mode-seeking term's weight (MSGAN): G's loss grows when two noise vectors "
+                                 "of one class give alike images, against collapse to one image per class (0: off).",
+                                 check=at_least(0))
 
 
 @dataclass(frozen=True)

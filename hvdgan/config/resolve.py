@@ -43,6 +43,7 @@ class GANSettings:
     augment: tuple[str, ...] = ()  # DiffAugment's operations for D's inputs (none: the identity)
     r1: float = 0.0  # R1 penalty weight on real images (0: off)
     r1_every: int = 16  # lazy R1: every N discriminator steps
+    mode_seeking: float = 0.0  # MSGAN's term's weight in G's loss (0: off)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def resolve(options: TrainConfig, world: World, data: DataFacts) -> Resolved:
                       lr_g=optim.lr_g * scale, lr_d=optim.lr_d * scale, betas=(optim.beta1, optim.beta2),
                       d_steps=optim.d_steps, ema=ema, ema_shared=dist.elastic,
                       fp16_allreduce=dist.fp16_allreduce, sync_bn=dist.sync_bn, amp=amp,
-                      augment=parse_policy(reg.augment), r1=reg.r1, r1_every=reg.r1_every)
+                      augment=parse_policy(reg.augment), r1=reg.r1, r1_every=reg.r1_every,
+                      mode_seeking=reg.mode_seeking)
     schedule = options.schedule
     total = (schedule.max_steps if schedule.max_steps is not None
              else schedule.epochs * data.batches_per_epoch // optim.d_steps)
