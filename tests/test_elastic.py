@@ -262,7 +262,7 @@ def test_one_host_a_rank_lost_ends_with_the_last_commit_and_75(digits, tmp_path)
     """One host: Horovod leaves the whole host out when a rank dies, so no host is left and the driver ends
     the job. The survivor has written the last commit first: `hvdgan launch` exits 75, and `--resume auto`
     continues from that checkpoint to the end."""
-    out, steps = tmp_path / "run", 500
+    out, steps = tmp_path / "run", 200  # (the kill comes at step ~30; the resume runs the rest)
     train = one_host_train_args(digits, out, steps)
     env = dict(os.environ, HOROVOD_ELASTIC_TIMEOUT="30", HVDGAN_ELASTIC_COOLDOWN="2 3", OMP_NUM_THREADS="1")
     log = tmp_path / "launch.log"
@@ -291,7 +291,7 @@ def test_hosts_removed_below_min_np_stops_with_the_last_commit(two_nodes, digits
     Horovod's driver gives up after HOROVOD_ELASTIC_TIMEOUT; `hvdgan launch` exits 75, no deadlock."""
     out, steps, hostfile = tmp_path / "run", 2000, tmp_path / "hosts"
     hostfile.write_text("node1 slots=2\nnode2 slots=2\n")
-    env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="10")
+    env = env_for(two_nodes, digits, out, steps=steps, HOROVOD_ELASTIC_TIMEOUT="3")
     env.update(HVDGAN_TRAIN_LOG_EVERY="5", HVDGAN_TRAIN_BATCH_SIZE="8")
     argv = [HVDGAN, "launch", "--np", "4", "--min-np", "4", "--elastic", "--hostfile", hostfile, "--iface", IFACE,
             DEMO, "--", "--commit-every", str(COMMIT_EVERY)]
