@@ -156,7 +156,8 @@ class SlurmCluster:
         key.chmod(0o400)
         self.munge_socket = r / "run" / "munge.sock"
         self.ctld_port, self.slurmd_port = _free_port(), _free_port()
-        # cred_expire (default 120 s) is also how long a requeued job waits before it may start again.
+        # cred_expire (default 120 s) is also how long a requeued job waits before it may start again (5: the least
+        # Slurm accepts; a step's credential is checked when slurmd gets the launch, at once here).
         conf = f"""\
 ClusterName=hvdgan
 MailProg=/bin/true
@@ -166,7 +167,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={self.munge_socket},cred_expire=10
+AuthInfo=socket={self.munge_socket},cred_expire=5
 StateSaveLocation={r}/state
 SlurmctldPidFile={r}/run/slurmctld.pid
 SlurmctldLogFile={r}/log/slurmctld.log
