@@ -3,6 +3,7 @@
     train DATA OUT [options]   hvdgan's Trainer; then every rank's parameters are compared
     syncbn OUT B [sync] [model] fixed global batch of 2B (np=1) or B per rank (np=2), SyncBatchNorm;
                                rank 0 saves the flattened parameters after a few steps
+    syncbn-pair OUT LOCAL B    syncbn OUT B, then syncbn LOCAL B 0 (per-rank BatchNorm) in the same launch
     traffic OUT [fp16] [model] counts the tensors and bytes all-reduced in one iteration
 
     resnet DIR [DATA]          the ResNet checks in one launch: syncbn (DIR/npN-sync.pt; with 2 ranks also
@@ -91,6 +92,12 @@ def syncbn(out, per_rank, sync="1", model="dcgan", dtype="float32"):
     print(f"rank {hvd.rank()}: syncbn done", flush=True)
 
 
+def syncbn_pair(out, local, per_rank):
+    """The SyncBatchNorm run and its control (per-rank BatchNorm) in one launch (a launch costs more than both)."""
+    syncbn(out, per_rank, "1")
+    syncbn(local, per_rank, "0")
+
+
 def traffic(out, fp16="0", model="dcgan"):
     counted = {"tensors": 0, "elements": 0, "bytes": 0}
     real_allreduce = hvd_optimizer.allreduce_async_
@@ -161,4 +168,5 @@ def resnet(directory, data=None):
 
 if __name__ == "__main__":
     dist.init()
-    {"train": train, "syncbn": syncbn, "traffic": traffic, "resnet": resnet}[sys.argv[1]](*sys.argv[2:])
+    {"train": train, "syncbn": syncbn, "syncbn-pair": syncbn_pair, "traffic": traffic,
+     "resnet": resnet}[sys.argv[1]](*sys.argv[2:])

@@ -91,15 +91,14 @@ def test_parameters_identical_on_both_ranks(digits, tmp_path, launcher):
 
 @pytest.mark.mp
 def test_sync_batchnorm_two_ranks_equal_one_rank_with_double_batch(tmp_path):
-    one, two = tmp_path / "np1.pt", tmp_path / "np2.pt"
+    one, two, local = tmp_path / "np1.pt", tmp_path / "np2.pt", tmp_path / "np2-local.pt"
     launch("gloo", [sys.executable, WORKER, "syncbn", str(one), "8"], np=1, timeout=180)
-    launch("gloo", [sys.executable, WORKER, "syncbn", str(two), "8"], np=2, timeout=180)
+    # the 2-rank run and its control (per-rank BatchNorm) in one launch
+    launch("gloo", [sys.executable, WORKER, "syncbn-pair", str(two), str(local), "8"], np=2, timeout=180)
     a, b = torch.load(one), torch.load(two)
     assert a.shape == b.shape
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     # the control: with per-rank BatchNorm the two runs part ways
-    local = tmp_path / "np2-local.pt"
-    launch("gloo", [sys.executable, WORKER, "syncbn", str(local), "8", "0"], np=2, timeout=180)
     assert (torch.load(local) - a).abs().max() > 1e-4
 
 
