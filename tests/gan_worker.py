@@ -4,6 +4,7 @@
     syncbn OUT B [sync] [model] fixed global batch of 2B (np=1) or B per rank (np=2), SyncBatchNorm;
                                rank 0 saves the flattened parameters after a few steps
     syncbn-pair OUT LOCAL B    syncbn OUT B, then syncbn LOCAL B 0 (per-rank BatchNorm) in the same launch
+    traffic-pair DIR           traffic DIR/traffic-0.json 0, then traffic DIR/traffic-1.json 1 (fp16)
     traffic OUT [fp16] [model] counts the tensors and bytes all-reduced in one iteration
 
     resnet DIR [DATA]          the ResNet checks in one launch: syncbn (DIR/npN-sync.pt; with 2 ranks also
@@ -125,6 +126,14 @@ def traffic(out, fp16="0", model="dcgan"):
     print(f"rank {hvd.rank()}: {counted}", flush=True)
 
 
+def traffic_pair(directory):
+    """traffic without and with fp16 compression in one launch, each with its own spy."""
+    real = hvd_optimizer.allreduce_async_
+    traffic(f"{directory}/traffic-0.json", "0")
+    hvd_optimizer.allreduce_async_ = real  # (the first spy out of the way)
+    traffic(f"{directory}/traffic-1.json", "1")
+
+
 def conditioning(out, steps=150):
     """A two-class toy (class 0: dark images, class 1: bright ones): after `steps` steps the conditional
     ResNet's samples for class 0 are darker than those for class 1. Writes their mean brightness."""
@@ -168,5 +177,5 @@ def resnet(directory, data=None):
 
 if __name__ == "__main__":
     dist.init()
-    {"train": train, "syncbn": syncbn, "syncbn-pair": syncbn_pair, "traffic": traffic,
+    {"train": train, "syncbn": syncbn, "syncbn-pair": syncbn_pair, "traffic": traffic, "traffic-pair": traffic_pair,
      "resnet": resnet}[sys.argv[1]](*sys.argv[2:])
