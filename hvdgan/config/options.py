@@ -53,13 +53,13 @@ def parses(parse: Callable[[str], Any]) -> Check:
 
 
 def _policy(text):
-    from ..models.augment import parse_policy
+    from ..models import parse_policy  # (not models.augment: `hvdgan launch` checks a job without torch)
 
     return parse_policy(text)
 
 
 def _metrics(text):
-    from ..eval.scores import parse_metrics
+    from ..eval import parse_metrics  # (not eval.scores: `hvdgan launch` checks a job without torch)
 
     return parse_metrics(text)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import HvdganError
+from . import METRICS, parse_metrics  # noqa: F401  (the metrics' names: without torch, for the checks)
 
 
 # ------------------------------------------------------------------------------------ Frechet distance
@@ -106,18 +106,6 @@ def precision_recall(real, fake, k: int = 3, batch: int = 1024) -> tuple[float, 
     precision = _coverage(x, _kth_radius(x, k, batch), y, batch)
     recall = _coverage(y, _kth_radius(y, k, batch), x, batch)
     return precision, recall
-
-
-METRICS = ("fid", "kid", "pr")
-
-
-def parse_metrics(text: str, where: str = "--metrics") -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip().lower() for n in str(text).split(",") if n.strip()))
-    bad = [n for n in names if n not in METRICS]
-    if bad or not names:
-        why = f"{', '.join(bad) or 'nothing'} is not one of {', '.join(METRICS)} (comma-separated, e.g. fid,kid,pr)"
-        raise HvdganError(f"{where}: {why}", reason=why)
-    return names
 
 
 def compute(real, fake, metrics=("fid",), real_stats=None, kid_subsets: int = 100, kid_subset_size: int = 1000,

@@ -36,3 +36,18 @@ def default_image_size(height: int, width: int) -> int:
     """The size `hvdgan prepare` writes a source of height x width at when no --size is given: its own when
     the networks take it, else 32."""
     return height if height == width and height in SIZES else 32
+
+
+AUGMENT_OPS = ("color", "translation", "cutout")  # DiffAugment's operations, in the order applied (augment)
+
+
+def parse_policy(text: str | None) -> tuple[str, ...]:
+    """"translation,cutout" -> ("translation", "cutout"); "" or "none" -> (); unknown names are an error."""
+    names = [s.strip().lower() for s in (text or "").split(",") if s.strip()]
+    if names == ["none"]:
+        return ()
+    bad = [n for n in names if n not in AUGMENT_OPS]
+    if bad:
+        why = f"unknown operation {bad[0]!r}; choose from {', '.join(AUGMENT_OPS)} (comma-separated), or none"
+        raise HvdganError(f"--augment {text}: {why}", reason=why)
+    return tuple(n for n in AUGMENT_OPS if n in names)

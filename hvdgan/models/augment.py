@@ -13,21 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import HvdganError
-
-OPS = ("color", "translation", "cutout")
-
-
-def parse_policy(text: str | None) -> tuple[str, ...]:
-    """"translation,cutout" -> ("translation", "cutout"); "" or "none" -> (); unknown names are an error."""
-    names = [s.strip().lower() for s in (text or "").split(",") if s.strip()]
-    if names == ["none"]:
-        return ()
-    bad = [n for n in names if n not in OPS]
-    if bad:
-        why = f"unknown operation {bad[0]!r}; choose from {', '.join(OPS)} (comma-separated), or none"
-        raise HvdganError(f"--augment {text}: {why}", reason=why)
-    return tuple(n for n in OPS if n in names)
+from . import AUGMENT_OPS as OPS, parse_policy  # noqa: F401  (the policy's facts: without torch, for the checks)
 
 
 def _rand(shape, gen: torch.Generator | None, device) -> torch.Tensor:
