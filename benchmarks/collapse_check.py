@@ -3,12 +3,15 @@ from, and a real data set beyond the sweep, made as a new user would make one (a
 
     .venv/bin/python benchmarks/collapse_check.py runs /tmp/defaults          # diversity of each sweep run
     .venv/bin/python benchmarks/collapse_check.py textures /tmp/textures
+    .venv/bin/python benchmarks/collapse_check.py photographs /tmp/photographs
 
 `runs WORK`: each run's final checkpoint in WORK/runs/SET-SETTING (bench_defaults.py's layout): 512 samples of
 its EMA G, the classes in turn, against the training half's first 2,048 images, as the sample step measures
 them. `textures OUT`: 32x32 patches every 16 pixels of scikit-image's brick, grass and gravel photographs, at
 full and half size, as OUT/<texture>/NNNNN.png (1,186 each), to be split at random by `hvdgan prepare
 --holdout` as a user would (bench_defaults' `--set textures` splits them by region instead: quality_sets.py).
+`photographs OUT`: the same of scikit-image's colour photographs (astronaut, cat, coffee cup, rocket;
+one class each), at half and quarter size (full-size patches are nearly flat): a set no setting was chosen on.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket")  # scikit-image's, in colour
 
 
 def runs(work: Path) -> None:
@@ -45,19 +49,18 @@ def runs(work: Path) -> None:
         print(f"{run.name}: {found[-1].name}: {watch.check(fakes, y, 1)}", flush=True)
 
 
-def textures(out: Path) -> None:
+def patch_folders(out: Path, names: tuple[str, ...], scales: tuple[int, ...]) -> None:
+    """OUT/<name>/NNNNN.png: 32x32 patches every 16 pixels of skimage.data.<name>() at each downscale."""
     import numpy as np
     import skimage.data
     from PIL import Image
 
-    import quality_sets  # (benchmarks/, this script's folder)
-
-    for name in quality_sets.TEXTURES:
+    for name in names:
         image = Image.fromarray(np.asarray(getattr(skimage.data, name)()))
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         k = 0
-        for scale in (1, 2):
+        for scale in scales:
             im = image.resize((image.width // scale, image.height // scale), Image.BICUBIC) if scale > 1 else image
             for y in range(0, im.height - 31, 16):
                 for x in range(0, im.width - 31, 16):
@@ -71,8 +74,16 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     sub.add_parser("runs").add_argument("work", type=Path)
     sub.add_parser("textures").add_argument("out", type=Path)
+    sub.add_parser("photographs").add_argument("out", type=Path)
     args = ap.parse_args(argv)
-    runs(args.work) if args.what == "runs" else textures(args.out)
+    if args.what == "runs":
+        runs(args.work)
+    elif args.what == "textures":
+        import quality_sets  # (benchmarks/, this script's folder)
+
+        patch_folders(args.out, quality_sets.TEXTURES, (1, 2))
+    else:
+        patch_folders(args.out, PHOTOGRAPHS, (2, 4))
 
 
 if __name__ == "__main__":

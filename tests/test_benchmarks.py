@@ -161,20 +161,33 @@ def test_quality_sets_textures_are_grey_patches_of_three_photographs(tmp_path):
         assert np.median(d["images"].std(axis=(1, 2, 3))) > 5
 
 
+def test_collapse_check_photographs_is_a_folder_a_user_would_prepare(tmp_path):
+    """The set beyond the sweep: one folder of RGB 32x32 PNGs per photograph, which `hvdgan prepare` labels."""
+    from hvdgan.data.sources import open_source
+
+    collapse_check = load_bench("collapse_check")
+    collapse_check.main(["photographs", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(collapse_check.PHOTOGRAPHS)
+    src = open_source(str(tmp_path), size=32)
+    assert (src.count, src.channels, src.label_names) == (896, 3, sorted(collapse_check.PHOTOGRAPHS))
+
+
 def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
     bench_defaults = load_bench("bench_defaults")
     floor = dict(setting="floor", k=1000, fid=10.0, precision=0.8, recall=0.8)
     done = {("a", "floor"): floor, ("b", "floor"): dict(floor, fid=5.0)}
-    for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.6, 25, 0.2), ("z", 11, 0.8, 16, 0.6)):
+    z = "z=batch_size: 8"  # a setting named on the command line: NAME in the tables
+    for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.6, 25, 0.2), (z, 11, 0.8, 16, 0.6)):
         done[("a", s)] = dict(steps=100, fid=fa, precision=0.5, recall=ra)
         done[("b", s)] = dict(steps=100, fid=fb, precision=0.5, recall=rb)
-    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", "z"])
+    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", z])
     # y's worst FID (5.0x) beats x's (8.0x), but its recall fails on b; z: 3.2x, recall 0.75x
-    assert winner == "z", lines
+    assert winner == z and lines[-1].endswith("recall >= 0.6x floor first: z"), lines
     assert "| y | 2 | 5.00 (b) | 0.25 (b) | no | missed |" in lines, lines
     assert "| z | 2 | 3.20 (b) | 0.75 (b) | yes | missed |" in lines, lines
+    assert "| b | z | 100 | 16.00 | 0.500 | 0.600 | 3.20 | 0.75 |" in lines, lines
     # a sweep cut short (y did not run on b): all three are compared on a alone, where z is best
     del done[("b", "y")]
-    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", "z"])
-    assert winner == "z" and "| y | 1 | 1.20 (a) | 0.75 (a) | yes | met |" in lines, lines
+    lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", z])
+    assert winner == z and "| y | 1 | 1.20 (a) | 0.75 (a) | yes | met |" in lines, lines
     assert lines[-1].endswith("(over a only: the sweep was cut short)"), lines
