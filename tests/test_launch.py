@@ -207,7 +207,7 @@ def test_digits_demo_is_small():
     cfg = build(load_job_file(REPO / DEMO)).flat()
     assert (cfg["data"], cfg["image_size"]) == ("data/digits", 32)
     assert cfg["max_steps"] and cfg["checkpoint_every"] < cfg["max_steps"]
-    # minutes on 2 CPU ranks: at most 128k images through D per rank (3,500 steps x 8 now: 28k)
+    # minutes on 2 CPU ranks: at most 128k images through D per rank (5,500 steps x 8 now: 44k)
     assert cfg["max_steps"] * cfg["batch_size"] * cfg["d_steps"] <= 2000 * 64
 
 

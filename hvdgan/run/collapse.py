@@ -6,8 +6,8 @@ The statistic is the mean pairwise distance of the 8x8 grey thumbnails (runlog.f
 distance to itself is 0, however good that image looks. Its ratio to the real images' own spread, for the
 class where it is lowest, is logged as `diversity` at every sample step. The log warns when it falls below
 COLLAPSE_FRACTION after having been above it, and at the last step whenever it is below: an untrained G
-draws nearly one image per class too (its first few hundred steps), and that is no collapse. The samples are the sample step's fixed-seed ones: nothing here draws from a random stream
-(a resumed run stays exact).
+draws nearly one image per class too (its first few hundred steps), and that is no collapse. The samples
+are the sample step's fixed-seed ones: nothing here draws from a random stream (a resumed run stays exact).
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class CollapseWatch:
             self.was_diverse = True
         elif self.was_diverse or last:
             log.warning("step %d: G's samples%s differ %.3gx as much as real images do (a warning below %.3g): "
-                        "G may be collapsing to a few images; see docs/evaluation.md, \"Collapse\"", step, where,
+                        "G may be collapsing to a few images (--mode-seeking 1 is one remedy); see docs/evaluation.md, "
+                        "\"Collapse\"", step, where,
                         ratios[worst], COLLAPSE_FRACTION)
         return out
