@@ -1,6 +1,7 @@
 """Real data sets, built offline, on which a demo setting must hold (issue 27): the embedded digits, 5,000 real
-MNIST digits, 32x32 patches of two photographs, and 32x32 patches of three texture photographs. Each is what `hvdgan prepare SOURCE OUT` reads: `digits` itself, or a .npz file with uint8
-`images` [N, C, H, W] and int64 `labels` (and `label_names`).
+MNIST digits, 32x32 patches of two photographs, and 32x32 patches of three texture photographs. Each is what
+`hvdgan prepare SOURCE OUT` reads: `digits` itself, or a .npz file with uint8 `images` [N, C, H, W] and int64
+`labels` (and `label_names`).
 
     .venv/bin/python benchmarks/quality_sets.py --out /tmp/sets              # writes the .npz files
     .venv/bin/hvdgan prepare /tmp/sets/mnist.npz /tmp/sets/mnist --holdout 50%
@@ -116,7 +117,7 @@ def source(name: str, directory: Path) -> str:
         for suffix, part in reversed(list(zip(("", "-holdout"), built if isinstance(built, tuple) else (built,)))):
             tmp = path.with_name(f"{name}{suffix}.tmp.npz")
             np.savez(tmp, **part)
-            tmp.replace(path.with_name(f"{name}{suffix}.npz"))  # (a half-written file is never taken for a finished one)
+            tmp.replace(path.with_name(f"{name}{suffix}.npz"))  # (never a half-written file for a finished one)
     return str(path)
 
 

@@ -69,7 +69,6 @@ class CollapseWatch:
             self.was_diverse = True
         elif self.was_diverse or last:
             log.warning("step %d: G's samples%s differ %.3gx as much as real images do (a warning below %.3g): "
-                        "G may be collapsing to a few images (--mode-seeking 1 is one remedy); see docs/evaluation.md, "
-                        "\"Collapse\"", step, where,
-                        ratios[worst], COLLAPSE_FRACTION)
+                        "G may be collapsing to a few images (--mode-seeking 1 is one remedy); see "
+                        "docs/evaluation.md, \"Collapse\"", step, where, ratios[worst], COLLAPSE_FRACTION)
         return out
