@@ -55,6 +55,8 @@ CANDIDATES = {
     "dcgan-cond-b32-lr4": dict(conditional=True, batch_size=32, lr_g=4e-4, lr_d=4e-4),
     "dcgan-cond-b16": dict(conditional=True, batch_size=16),
     "dcgan-cond-b8": dict(conditional=True, batch_size=8),
+    # MSGAN's mode-seeking term: what kept the textures from collapsing (docs/benchmarks.md, second sweep)
+    "dcgan-cond-b8-ms": dict(conditional=True, batch_size=8, mode_seeking=1.0),
     # G's learning rate 3x D's (the reverse of TTUR's ratio): G's moving average smooths its larger steps
     "dcgan-cond-b8-g6": dict(conditional=True, batch_size=8, lr_g=6e-4),
     "dcgan-sn-hinge-aug": dict(spectral_norm=True, loss="hinge", beta1=0.0, beta2=0.9, augment="translation,cutout"),
