@@ -236,7 +236,7 @@ def evaluate(target, data, real, num, real_num, metrics, inception, batch_size, 
     import json
 
     from .eval import evaluate as evaluate_mod
-    from .eval.scores import parse_metrics
+    from .eval import parse_metrics
 
     try:
         names = parse_metrics(metrics)

@@ -14,7 +14,6 @@ import horovod.torch as hvd
 from hvdgan.models.syncbn import SyncBatchNorm
 
 
-
 def check(out, momentum):
     gen = torch.Generator().manual_seed(0)
     full = (30 + 0.003 * torch.randn(8 * hvd.size(), 3, 5, 5, generator=gen, dtype=torch.float64)).float()

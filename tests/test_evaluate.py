@@ -18,7 +18,7 @@ from conftest import ROOT, hvdgan, launch, run_env
 from hvdgan.eval import features
 from hvdgan.eval import inception
 from hvdgan.run import runlog as metrics
-from hvdgan.eval import scores
+from hvdgan.eval import parse_metrics, scores
 from hvdgan.errors import HvdganError
 from hvdgan.run.runlog import read_metrics
 
@@ -98,7 +98,7 @@ def test_precision_recall_against_brute_force():
     assert scores.precision_recall(real, real) == (1.0, 1.0)
     assert scores.precision_recall(real, real + 100) == (0.0, 0.0)
     with pytest.raises(HvdganError, match="fid, kid, pr"):
-        scores.parse_metrics("fid,is")
+        parse_metrics("fid,is")
 
 
 # ------------------------------------------------------------------------------------ Inception file

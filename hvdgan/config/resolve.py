@@ -90,8 +90,8 @@ LR_SCALE = {"none": lambda n: 1.0, "linear": float, "sqrt": math.sqrt}
 
 def resolve(options: TrainConfig, world: World, data: DataFacts) -> Resolved:
     """Decide everything that depends on this rank's devices, the data and the world, once."""
-    from ..eval.scores import parse_metrics
-    from ..models.augment import parse_policy
+    from ..eval import parse_metrics
+    from ..models import parse_policy
     from ..models.placement import Placement, block_devices, default_device
 
     net, optim, dist = options.network, options.optim, options.distribution

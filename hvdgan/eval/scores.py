@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import METRICS, parse_metrics  # noqa: F401  (the metrics' names: without torch, for the checks)
-
 
 # ------------------------------------------------------------------------------------ Frechet distance
 def gaussian(features) -> tuple[np.ndarray, np.ndarray]:
