@@ -104,8 +104,8 @@ def measure(work: Path, sets: list[str], names: list[str], budget: float, clock:
             result = bench_quality.train_setting(sname, values, data[name], out, budget, 2, clock)
             m = hvdgan_evaluate([result["checkpoint"], "--data", f"{data[name]}/holdout", "-n", str(k),
                                  "--real-num", str(k)], out / "eval.json")
-            record(dict(set=name, setting=sname, k=k, steps=result["step"], train_s=result["train_s"],
-                        cpu_s=result["cpu_s"], values=values, **m))
+            record(dict(set=name, setting=sname, k=k, budget=budget, clock=clock, steps=result["step"],
+                        train_s=result["train_s"], cpu_s=result["cpu_s"], values=values, **m))
 
 
 def label(name: str) -> str:
@@ -116,14 +116,14 @@ def label(name: str) -> str:
 def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str], str | None]:
     """The markdown tables (per run; per setting, its worst data set) and the winner by the objective. Settings
     are compared over the data sets that every one of them finished (all of them, unless the sweep was cut)."""
-    lines = ["| data set | setting | G steps | FID | precision | recall | FID/floor | recall/floor |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| data set | setting | budget | G steps | FID | precision | recall | FID/floor | recall/floor |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     ratios = {}  # setting -> {data set: (FID / floor, recall / floor)}
     for name in sets:
         floor = done.get((name, "floor"))
         if floor is None:
             continue
-        lines.append(f"| {name} | floor (K = {floor['k']}) | | {floor['fid']:.2f} | {floor['precision']:.3f} | "
+        lines.append(f"| {name} | floor (K = {floor['k']}) | | | {floor['fid']:.2f} | {floor['precision']:.3f} | "
                      f"{floor['recall']:.3f} | 1.00 | 1.00 |")
         for sname in names:
             row = done.get((name, sname))
@@ -131,7 +131,8 @@ def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str],
                 continue
             fr, rr = row["fid"] / floor["fid"], row["recall"] / floor["recall"]
             ratios.setdefault(sname, {})[name] = (fr, rr)
-            lines.append(f"| {name} | {label(sname)} | {row['steps']:,} | {row['fid']:.2f} | {row['precision']:.3f} | "
+            budget = f"{row['budget']:.0f} {row['clock']} s" if "budget" in row else ""  # (rows before it was kept)
+            lines.append(f"| {name} | {label(sname)} | {budget} | {row['steps']:,} | {row['fid']:.2f} | {row['precision']:.3f} | "
                          f"{row['recall']:.3f} | {fr:.2f} | {rr:.2f} |")
     common = [s for s in sets if ratios and all(s in r for r in ratios.values())]
     cut = len(common) < len(sets)
@@ -185,13 +186,18 @@ def main(argv=None) -> None:
         row = json.loads(line)
         done[(row["set"], row["setting"])] = row
     t0 = time.perf_counter()
-    print(f"{len(sets)} data sets x {len(names)} settings, {args.budget:.0f} {args.clock} s per run on 2 ranks, "
-          f"K = {args.num}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
-    if not args.report:
+    if args.report:  # a setting run as NAME="key: value, ..." may be named by its NAME alone
+        ran = list(dict.fromkeys(s for _, s in done))
+        names = list(dict.fromkeys(n if "=" in n else next((s for s in ran if label(s) == n), n) for n in names))
+        print(f"the results in {results} of {len(sets)} data sets x {len(names)} settings")
+    else:
+        print(f"{len(sets)} data sets x {len(names)} settings, {args.budget:.0f} {args.clock} s per run on 2 ranks, "
+              f"K = {args.num}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
         measure(work, sets, names, args.budget, args.clock, args.num, done)
     lines, _ = summarise(done, sets, names)
     print("\n" + "\n".join(lines))
-    print(f"sweep wall time {time.perf_counter() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
+    if not args.report:
+        print(f"sweep wall time {time.perf_counter() - t0:.0f} s; load average at the end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

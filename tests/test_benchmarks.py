@@ -8,6 +8,7 @@ configurations, whose output tags used to break the parsing of stdout.
 
 from __future__ import annotations
 
+import json
 import importlib.util
 import re
 import subprocess
@@ -180,14 +181,29 @@ def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
     for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.6, 25, 0.2), (z, 11, 0.8, 16, 0.6)):
         done[("a", s)] = dict(steps=100, fid=fa, precision=0.5, recall=ra)
         done[("b", s)] = dict(steps=100, fid=fb, precision=0.5, recall=rb)
+    done[("b", z)].update(budget=250.0, clock="cpu")  # kept since 2026-12-07; older rows have none
     lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", z])
     # y's worst FID (5.0x) beats x's (8.0x), but its recall fails on b; z: 3.2x, recall 0.75x
     assert winner == z and lines[-1].endswith("recall >= 0.6x floor first: z"), lines
     assert "| y | 2 | 5.00 (b) | 0.25 (b) | no | missed |" in lines, lines
+    assert "| a | y |  | 100 | 12.00 | 0.500 | 0.600 | 1.20 | 0.75 |" in lines, lines
     assert "| z | 2 | 3.20 (b) | 0.75 (b) | yes | missed |" in lines, lines
-    assert "| b | z | 100 | 16.00 | 0.500 | 0.600 | 3.20 | 0.75 |" in lines, lines
+    assert "| b | z | 250 cpu s | 100 | 16.00 | 0.500 | 0.600 | 3.20 | 0.75 |" in lines, lines
     # a sweep cut short (y did not run on b): all three are compared on a alone, where z is best
     del done[("b", "y")]
     lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", z])
     assert winner == z and "| y | 1 | 1.20 (a) | 0.75 (a) | yes | met |" in lines, lines
     assert lines[-1].endswith("(over a only: the sweep was cut short)"), lines
+
+
+def test_bench_defaults_report_names_a_setting_by_its_name(tmp_path, capsys):
+    """--report runs nothing, and a setting run as NAME="key: value" is named by NAME alone."""
+    bench_defaults = load_bench("bench_defaults")
+    rows = [dict(set="digits", setting="floor", k=500, fid=10.0, precision=0.8, recall=0.8),
+            dict(set="digits", setting="z=batch_size: 8", k=500, budget=250.0, clock="cpu", steps=100, fid=20.0,
+                 precision=0.5, recall=0.6)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench_defaults.main(["--work", str(tmp_path), "--report", "--set", "digits", "--setting", "z"])
+    out = capsys.readouterr().out
+    assert "| digits | z | 250 cpu s | 100 | 20.00 | 0.500 | 0.600 | 2.00 | 0.75 |" in out, out
+    assert "sweep wall time" not in out and not (tmp_path / "runs").exists(), out
