@@ -54,6 +54,8 @@ def test_evaluation_takes_the_held_out_split_unless_told(halves, digits):
     assert split_of(out, "holdout") == ([str(out / HOLDOUT)], "held-out")
     assert split_of(out, "train") == ([str(out)], "training")
     assert split_of(digits) == ([str(digits)], "training")
+    for split in ("auto", "holdout", "train"):  # the held-out split named itself (as bench_defaults does)
+        assert split_of(out / HOLDOUT, split) == ([str(out / HOLDOUT)], "held-out")
     with pytest.raises(HvdganError, match="has no held-out split"):
         split_of(digits, "holdout")
 

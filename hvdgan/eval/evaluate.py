@@ -159,6 +159,8 @@ def split_of(data, split: str = "auto") -> tuple[list[str], str]:
     from ..data import HOLDOUT, MANIFEST
 
     held = Path(data) / HOLDOUT
+    if Path(data).name == HOLDOUT and (Path(data).parent / MANIFEST).is_file():
+        return [str(data)], "held-out"  # --data DIR/holdout names the held-out split itself
     if split == "holdout" and not (held / MANIFEST).is_file():
         raise HvdganError(f"--split holdout: {data} has no held-out split; make one with `hvdgan prepare SOURCE "
                           f"{data} --holdout N --overwrite`")
