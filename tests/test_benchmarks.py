@@ -8,8 +8,8 @@ configurations, whose output tags used to break the parsing of stdout.
 
 from __future__ import annotations
 
-import json
 import importlib.util
+import json
 import re
 import subprocess
 import sys
