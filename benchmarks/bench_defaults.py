@@ -131,7 +131,7 @@ def summarise(done: dict, sets: list[str], names: list[str]) -> tuple[list[str],
                 continue
             fr, rr = row["fid"] / floor["fid"], row["recall"] / floor["recall"]
             ratios.setdefault(sname, {})[name] = (fr, rr)
-            budget = f"{row['budget']:.0f} {row['clock']} s" if "budget" in row else ""  # (rows before it was kept)
+            budget = f"{row['budget']:.0f} {row['clock']} s" if "budget" in row else ""  # (older rows have none)
             lines.append(f"| {name} | {label(sname)} | {budget} | {row['steps']:,} | {row['fid']:.2f} | "
                          f"{row['precision']:.3f} | {row['recall']:.3f} | {fr:.2f} | {rr:.2f} |")
     common = [s for s in sets if ratios and all(s in r for r in ratios.values())]

@@ -181,7 +181,7 @@ def test_bench_defaults_judges_each_setting_by_its_worst_data_set():
     for s, fa, ra, fb, rb in (("x", 20, 0.8, 40, 0.7), ("y", 12, 0.6, 25, 0.2), (z, 11, 0.8, 16, 0.6)):
         done[("a", s)] = dict(steps=100, fid=fa, precision=0.5, recall=ra)
         done[("b", s)] = dict(steps=100, fid=fb, precision=0.5, recall=rb)
-    done[("b", z)].update(budget=250.0, clock="cpu")  # kept since 2026-12-07; older rows have none
+    done[("b", z)].update(budget=250.0, clock="cpu")  # (older results.jsonl rows have no budget)
     lines, winner = bench_defaults.summarise(done, ["a", "b"], ["x", "y", z])
     # y's worst FID (5.0x) beats x's (8.0x), but its recall fails on b; z: 3.2x, recall 0.75x
     assert winner == z and lines[-1].endswith("recall >= 0.6x floor first: z"), lines

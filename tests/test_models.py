@@ -11,8 +11,8 @@ import torch
 
 from conftest import ROOT, flat_state, hvdgan, launch, opt_tensors, run_env
 from hvdgan.dist.launch import run
-from hvdgan.models import syncbn
-from hvdgan.models.augment import DiffAugment, parse_policy
+from hvdgan.models import parse_policy, syncbn
+from hvdgan.models.augment import DiffAugment
 from hvdgan.config import DataFacts, resolve
 from hvdgan.dist.world import World
 from hvdgan.config import build as build_config
