@@ -50,6 +50,11 @@ def test_bench_train_smoke_runs_each_way_of_starting_workers():
     assert re.search(r"the machine's ceiling\): \d+\.\d{3}$", out, re.M), out
 
 
+def test_bench_startup_smoke_times_both_checks():
+    out = ok(bench("bench_startup.py", "--rounds", "1", "--only", "check"))
+    assert re.search(r"framework imported \(upstream\) [\d.]+ s, library alone \(patches/\) [\d.]+ s: [\d.]+x", out), out
+
+
 def test_bench_data_smoke_times_every_method():
     out = ok(bench("bench_data.py", "--smoke", "--no-pin"))
     for name in ("ceiling", "slice-copy", "h5-none", "h5-none-mem", "h5-none-h5py", "h5-gzip", "h5-gzip-mem",

@@ -4,6 +4,7 @@ under every launcher we support."""
 import configparser
 import json
 import re
+import subprocess
 import sys
 
 import pytest
@@ -40,6 +41,23 @@ def test_horovod_build_has_pytorch_mpi_gloo():
     out = run([str(BIN / "horovodrun"), "--check-build"], timeout=60, capture_output=True, text=True).stdout
     for name in ("PyTorch", "MPI", "Gloo"):
         assert re.search(rf"\[X\] {name}\b", out), out
+
+
+def test_horovodrun_learns_the_build_without_importing_torch():
+    """patches/: horovodrun asked "built with Gloo?" (or MPI) at every start by importing the framework in a
+    forked process, 3 s of `import torch` on 2 cores; the compiled library alone answers now. Here `import
+    torch` fails: the build checks still see MPI and Gloo (upstream: None), and the framework check, which
+    still imports it, says no."""
+    code = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch':\n"
+            "            raise ImportError('no torch in this test')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from horovod.common import util\n"
+            "print(util.mpi_built(), util.gloo_built(), util.nccl_built(), util.extension_available('torch'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "True", "0", "False"], out.stdout + out.stderr
 
 
 def test_info_single_process_json():
