@@ -52,7 +52,8 @@ def test_bench_train_smoke_runs_each_way_of_starting_workers():
 
 def test_bench_startup_smoke_times_both_checks():
     out = ok(bench("bench_startup.py", "--rounds", "1", "--only", "check"))
-    assert re.search(r"framework imported \(upstream\) [\d.]+ s, library alone \(patches/\) [\d.]+ s: [\d.]+x", out), out
+    assert re.search(r"framework imported \(upstream\) [\d.]+ s, library alone \(patches/\) [\d.]+ s: [\d.]+x",
+                     out), out
 
 
 def test_bench_data_smoke_times_every_method():
@@ -90,11 +91,11 @@ def test_bench_placement_on_cuda_without_a_gpu_says_so_and_exits_2(capsys):
 
 @pytest.mark.mp
 def test_bench_quality_smoke_scores_every_setting():
-    """Two settings (the old demo; the demo job, which is the dcgan-cond-b8-ms candidate, trained once) for 2
-    CPU-seconds each on 2 ranks, stopped by USR1 as on a preemption, then scored."""
+    """Two settings (the old demo; the demo job, which is the dcgan-cond-b8-ms-g3 candidate, trained once) for
+    2 CPU-seconds each on 2 ranks, stopped by USR1 as on a preemption, then scored."""
     out = ok(bench("bench_quality.py", "--budget", "2", "--clock", "cpu", "--samples", "128", "--candidate",
-                   "dcgan-cond-b8-ms"))
-    assert "dcgan-cond-b8-ms: the same setting as demo" in out, out
+                   "dcgan-cond-b8-ms-g3"))
+    assert "dcgan-cond-b8-ms-g3: the same setting as demo" in out, out
     rows = re.findall(r"^\| (\S+) \| (\d+) \| ([\d.]+) \|", out, re.M)
     assert len(rows) >= 2 and all(int(steps) > 0 for _, steps, _ in rows), out
     assert re.search(r"fd8 at the same budget: [\d.]+ +target <= 0.5", out), out
