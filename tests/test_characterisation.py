@@ -34,7 +34,7 @@ REFERENCES = ROOT / "tests" / "data"
 FALLBACK = "AVX512"  # (the reference where this capability has none)
 OLD_CHECKPOINT = ROOT / "tests" / "data" / "ckpt-70320e4-step4.pt"  # written by hvdgan 70320e4
 STATS = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_after", "fd8")
-# the demo job as it was when the references were recorded: its tuning may move (since: mode seeking), this
+# the demo job as it was when the references were recorded (no mode seeking then): its tuning may move, this
 # may not
 DEMO = ["--job", "jobs/digits-demo.yaml", "--max-steps", "16", "--log-every", "4", "--sample-every", "8",
         "--checkpoint-every", "8", "--no-tensorboard", "--lr-g", "6e-4", "--mode-seeking", "0"]
